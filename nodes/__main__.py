@@ -1,0 +1,5 @@
+"""``python -m nodes`` is the ``idres`` command."""
+
+from nodes.cli import main
+
+main()

@@ -1,0 +1,144 @@
+"""The ``idres`` command line: ``up``, ``serve`` and ``resolve``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+from rich.console import Console
+from rich.table import Table
+
+from resolver.client import HandleClient, Resolution
+from resolver.errors import ConfigError, HandleError
+
+__all__ = ["main"]
+
+DEFAULT_DATA = Path("idres-data")
+DEFAULT_SERVER = "http://127.0.0.1:8100"
+
+topology_option = click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Topology file (TOML). Default: the built-in default topology (see `idres topology`).",
+)
+data_option = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="Directory for the nodes' SQLite files, logs and operator secrets.",
+)
+
+
+@click.group()
+@click.version_option(package_name="idres")
+def main() -> None:
+    """Industrial internet identifier resolution: Handle-compatible nodes and tools."""
+
+
+@main.command()
+@topology_option
+@data_option
+def up(topology_path: Path | None, data_dir: Path) -> None:
+    """Start every node of the topology, register delegations and demo data; Ctrl-C stops them all."""
+    from nodes.launcher import up as run_up
+    from nodes.topology import load_topology
+
+    console = Console()
+    try:
+        topology = load_topology(topology_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(run_up(topology, topology_path.resolve() if topology_path else None, data_dir, console))
+
+
+@main.command()
+@click.option("--node", "name", required=True, help="Name of the node in the topology.")
+@topology_option
+@data_option
+def serve(name: str, topology_path: Path | None, data_dir: Path) -> None:
+    """Run one node of the topology in the foreground."""
+    from nodes.serve import serve_node
+    from nodes.topology import load_topology
+
+    try:
+        serve_node(load_topology(topology_path), name, data_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+def topology() -> None:
+    """Print the default topology file, to copy and edit."""
+    from nodes.topology import DEFAULT_TOPOLOGY
+
+    click.echo(DEFAULT_TOPOLOGY.read_text(encoding="utf-8"), nl=False)
+
+
+def _data_text(value: dict[str, Any]) -> str:
+    data = value.get("data", {})
+    inner = data.get("value") if isinstance(data, dict) else data
+    return inner if isinstance(inner, str) else json.dumps(inner, ensure_ascii=False)
+
+
+def _print_resolution(console: Console, handle: str, found: Resolution) -> None:
+    path = Table(title="path", show_edge=False)
+    for column in ("hop", "node", "answer", "ms"):
+        path.add_column(column)
+    for i, hop in enumerate(found.hops, 1):
+        answer = "unreachable" if hop.status == 0 else f"HTTP {hop.status}, responseCode {hop.response_code}"
+        path.add_row(str(i), f"{hop.url} {hop.description}".strip(), answer, f"{hop.ms:.1f}")
+    console.print(path)
+    body = found.reply.body
+    if found.reply.response_code != 1:
+        console.print(
+            f"[red]{handle}: {body.get('message', 'error')} "
+            f"(responseCode {found.reply.response_code}, HTTP {found.reply.status})[/red]"
+        )
+        return
+    table = Table(title=body.get("handle", handle))
+    for column in ("index", "type", "data", "ttl", "timestamp"):
+        table.add_column(column)
+    for value in body.get("values", []):
+        table.add_row(
+            str(value.get("index")),
+            str(value.get("type")),
+            _data_text(value),
+            str(value.get("ttl", "")),
+            str(value.get("timestamp", "")),
+        )
+    console.print(table)
+
+
+@main.command()
+@click.argument("handle")
+@click.option("--server", default=DEFAULT_SERVER, show_default=True, help="Node to start from.")
+@click.option("--type", "types", multiple=True, help="Only values of this type (repeatable).")
+@click.option("--index", "indexes", multiple=True, type=int, help="Only the value at this index (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw response instead of a table.")
+def resolve(handle: str, server: str, types: tuple[str, ...], indexes: tuple[int, ...], as_json: bool) -> None:
+    """Resolve HANDLE, following referrals from SERVER down to the node that holds it."""
+    params = [("type", t) for t in types] + [("index", str(i)) for i in indexes]
+
+    async def run() -> Resolution:
+        async with aiohttp.ClientSession() as session:
+            return await HandleClient(session).resolve(handle, [server], params=params)
+
+    try:
+        found = asyncio.run(run())
+    except HandleError as exc:
+        raise click.ClickException(exc.message) from exc
+    if as_json:
+        click.echo(json.dumps(found.reply.body, ensure_ascii=False, indent=2))
+    else:
+        _print_resolution(Console(), handle, found)
+    if found.reply.response_code not in (1,):
+        sys.exit(1)

@@ -1,0 +1,128 @@
+"""HTTP plumbing shared by every node: the error middleware, content negotiation, bodies and parameters."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from resolver.codec import JSON, MSGPACK, body_media_type, choose_media_type, decode, encode
+from resolver.errors import BodyTooLarge, HandleError, ProtocolError
+
+__all__ = [
+    "error_middleware",
+    "handle_from_path",
+    "query_bool",
+    "query_ints",
+    "read_body",
+    "respond",
+]
+
+log = logging.getLogger("idres.http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def respond(
+    request: web.Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    """Encode ``body`` as the client asked (msgpack or JSON) with the given HTTP status."""
+    media = choose_media_type(request.headers.get("Accept"))
+    if media == JSON and query_bool(request, "pretty"):
+        import json
+
+        data = json.dumps(body, ensure_ascii=False, indent=2).encode("utf-8")
+    else:
+        data = encode(body, media)
+    content_type = MSGPACK if media == MSGPACK else "application/json; charset=utf-8"
+    return web.Response(status=status, body=data, headers={"Content-Type": content_type, **(headers or {})})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error becomes a Handle response: responseCode, HTTP status and a message, never HTML."""
+    try:
+        return await handler(request)
+    except HandleError as exc:
+        headers = {"WWW-Authenticate": 'Basic realm="handle"'} if exc.http_status == 401 else None
+        return respond(request, exc.http_status, exc.to_body(), headers)
+    except web.HTTPRequestEntityTooLarge as exc:
+        err = BodyTooLarge(f"request body too large: {exc.text}")
+        return respond(request, err.http_status, err.to_body())
+    except web.HTTPMethodNotAllowed as exc:
+        return respond(
+            request,
+            405,
+            {
+                "responseCode": 4,
+                "message": f"method {request.method} is not allowed on {request.path} "
+                f"(allowed: {', '.join(sorted(exc.allowed_methods))})",
+            },
+        )
+    except web.HTTPNotFound:
+        return respond(request, 405, {"responseCode": 4, "message": f"Unknown HTTP API endpoint {request.path}"})
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path_qs)
+        return respond(request, 500, {"responseCode": 2, "message": "internal error (logged on the node)"})
+
+
+async def read_body(request: web.Request, limit: int) -> Any:
+    """Decode the request body, refusing one over ``limit`` bytes before reading it whole."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    media = body_media_type(request.headers.get("Content-Type"))
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65_536):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    if not size:
+        raise ProtocolError("the request has no body")
+    return decode(b"".join(chunks), media)
+
+
+def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
+    """HANDLE.NET booleans: a bare ``?name``, ``true`` and ``yes`` are true."""
+    if name not in request.query:
+        return default
+    value = request.query[name].strip().lower()
+    if value in ("", "true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise ProtocolError(f"parameter {name}={request.query[name]!r} is not a boolean (true or false)")
+
+
+def query_ints(request: web.Request, name: str) -> list[int]:
+    out = []
+    for raw in request.query.getall(name, []):
+        for part in raw.split(","):
+            if not part.strip().isdigit():
+                raise ProtocolError(f"parameter {name}={raw!r} is not a non-negative integer")
+            out.append(int(part))
+    return out
+
+
+def query_int(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ProtocolError(f"parameter {name}={raw!r} is not an integer") from None
+
+
+def handle_from_path(request: web.Request, base: str) -> str:
+    """The handle in the path after ``base``, percent-decoded with ``+`` kept literal (HANDLE.NET
+    decodes with ``decodeURLIgnorePlus``). Taken from the raw path so ``%2F`` and ``%3F`` survive."""
+    raw = request.raw_path.split("?", 1)[0]
+    return unquote(raw[len(base) :], errors="strict")

@@ -1,0 +1,19 @@
+"""Every typed ``web.AppKey`` the nodes use, declared in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from resolver.client import HandleClient
+
+if TYPE_CHECKING:
+    from nodes.authoritative import AuthoritativeConfig
+    from nodes.authority import Authority
+
+__all__ = ["AUTHORITY", "CLIENT", "CONFIG"]
+
+CONFIG: web.AppKey[AuthoritativeConfig] = web.AppKey("config")
+AUTHORITY: web.AppKey[Authority] = web.AppKey("authority")
+CLIENT: web.AppKey[HandleClient] = web.AppKey("client")

@@ -1,0 +1,184 @@
+"""``idres up``: every node of a topology as its own process, registered, seeded, and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from rich.console import Console
+from rich.table import Table
+
+from nodes.secrets import ENV_SECRET, SECRETS_FILE, operator_secrets
+from nodes.seed import DEMO_CAR, Seeded, register_topology
+from resolver.client import HandleClient
+from resolver.config import NodeSpec, Topology
+from resolver.errors import ConfigError, HandleError
+from resolver.names import prefix_handle
+
+__all__ = ["NodeProcess", "start_nodes", "stop_nodes", "up"]
+
+# A node opens its SQLite file and binds its port in well under a second; 30 s leaves room for a
+# slow disk or a loaded CI machine before we call it broken.
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+@dataclass(slots=True)
+class NodeProcess:
+    spec: NodeSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+def start_nodes(topology: Topology, topology_path: Path | None, data_dir: Path) -> list[NodeProcess]:
+    """Start one ``idres serve`` process per node; each writes its log to ``DATA/logs/NAME.log``."""
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    started = []
+    for spec in topology.nodes.values():
+        if spec.role == "recursive":
+            continue  # the recursive node is not part of this version
+        cmd = [sys.executable, "-m", "nodes", "serve", "--node", spec.name, "--data", str(data_dir)]
+        if topology_path is not None:
+            cmd += ["--topology", str(topology_path)]
+        log_path = logs / f"{spec.name}.log"
+        with open(log_path, "ab") as log:
+            # Own process group: a Ctrl-C reaches the launcher, which stops every node in order.
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+        started.append(NodeProcess(spec, proc, log_path))
+    return started
+
+
+def stop_nodes(nodes: list[NodeProcess]) -> None:
+    """SIGTERM every node, wait for them to close their databases, SIGKILL any that hang."""
+    for node in nodes:
+        if node.process.poll() is None:
+            node.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    for node in nodes:
+        try:
+            node.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            node.process.kill()
+            node.process.wait()
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def wait_healthy(
+    session: aiohttp.ClientSession, nodes: list[NodeProcess], timeout: float = STARTUP_TIMEOUT
+) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while pending:
+        for node in list(pending):
+            if node.process.poll() is not None:
+                raise ConfigError(
+                    f"node {node.spec.name} exited with status {node.process.returncode}; "
+                    f"its log ({node.log_path}) ends with:\n{_tail(node.log_path)}"
+                )
+            try:
+                async with session.get(node.spec.url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                    if resp.status == 200:
+                        pending.remove(node)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                pass
+        if pending and time.monotonic() > deadline:
+            names = ", ".join(n.spec.name for n in pending)
+            raise ConfigError(f"nodes not healthy after {timeout:.0f} s: {names} (see {nodes[0].log_path.parent})")
+        if pending:
+            await asyncio.sleep(0.1)
+
+
+async def _bring_up(topology: Topology, nodes: list[NodeProcess], secrets: dict[str, str]) -> list[Seeded]:
+    async with aiohttp.ClientSession() as session:
+        await wait_healthy(session, nodes)
+        return await register_topology(HandleClient(session), topology, secrets)
+
+
+def _print_summary(
+    console: Console, topology: Topology, data_dir: Path, seeded: list[Seeded], secrets: dict[str, str]
+) -> None:
+    table = Table(title="idres: nodes running")
+    for column in ("node", "role", "prefix", "URL", "operator identity"):
+        table.add_column(column)
+    for spec in topology.nodes.values():
+        if spec.role == "recursive":
+            continue
+        role = f"mirror of {spec.mirror_of}" if spec.mirror_of else spec.role
+        table.add_row(
+            spec.name,
+            role,
+            spec.prefix or "-",
+            spec.url,
+            f"300:{prefix_handle(spec.prefix)}" if spec.prefix and not spec.is_mirror else "-",
+        )
+    console.print(table)
+    console.print(f"Data directory: {data_dir} (logs in {data_dir / 'logs'})")
+    if os.environ.get(ENV_SECRET):
+        console.print(f"Operator secrets: all nodes use ${ENV_SECRET}.")
+    else:
+        console.print(f"Operator secrets (kept in {data_dir / SECRETS_FILE}, mode 0600):")
+        for name, secret in secrets.items():
+            console.print(f"  {name:16} {secret}")
+    console.print(f"Registered: {len(seeded)} delegations, hosted prefixes and demo identifiers.")
+    root = topology.roots()[0].url if topology.roots() else "http://127.0.0.1:8100"
+    console.print("\nTry:")
+    console.print(f"  idres resolve {DEMO_CAR} --server {root}")
+    console.print(f"  curl -s {root}/api/handles/0.NA/88.118")
+    automaker = next((n for n in topology.primaries() if n.prefix == "88.118.8"), None)
+    if automaker is not None:
+        console.print(f"  curl -s {automaker.url}/api/handles/{DEMO_CAR}")
+    console.print("\nPress Ctrl-C to stop every node.")
+
+
+def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: Console) -> int:
+    """Run the topology until Ctrl-C or SIGTERM; every node is stopped before this returns."""
+    data_dir = data_dir.resolve()
+    primaries = [n.name for n in topology.primaries()]
+    secrets = operator_secrets(data_dir, primaries)
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, request_stop)
+    nodes: list[NodeProcess] = []
+    try:
+        nodes = start_nodes(topology, topology_path, data_dir)
+        try:
+            seeded = asyncio.run(_bring_up(topology, nodes, secrets))
+        except (ConfigError, HandleError) as exc:
+            console.print(f"[red]idres up failed:[/red] {exc}")
+            return 1
+        _print_summary(console, topology, data_dir, seeded, secrets)
+        while True:
+            for node in nodes:
+                if node.process.poll() is not None:
+                    console.print(
+                        f"[red]node {node.spec.name} exited with status {node.process.returncode}"
+                        f"[/red]; its log ends with:\n{_tail(node.log_path)}"
+                    )
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("Stopping every node...")
+        return 0
+    finally:
+        stop_nodes(nodes)
+        signal.signal(signal.SIGTERM, previous)

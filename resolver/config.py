@@ -1,0 +1,215 @@
+"""Frozen configuration values: size limits, node specs and the topology, parsed once at the edge.
+
+Only the CLI and launcher read files, the environment or argv; they build these objects with
+``parse_topology`` and hand them inward. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from resolver.errors import ConfigError
+from resolver.names import is_under, parse_prefix
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Limits",
+    "NodeSpec",
+    "Role",
+    "Topology",
+    "parse_topology",
+]
+
+Role = Literal["top", "secondary", "enterprise", "recursive"]
+ROLES: tuple[Role, ...] = ("top", "secondary", "enterprise", "recursive")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits on what clients send; each refusal names the limit."""
+
+    # 64 KiB for one value's data: large enough for a certificate chain or a JSON document, small
+    # enough that a record stays far below HANDLE.NET's 256 KiB message limit with a few values.
+    max_value_bytes: int = 65_536
+    # HANDLE.NET's protocol caps a message at 262,144 bytes; a record must fit in one answer.
+    max_record_bytes: int = 262_144
+    # A Handle record is a short list of typed values; thousands means a client bug.
+    max_values: int = 1_000
+    # The SNMS API caps value types at 128 characters.
+    max_type_length: int = 128
+    # A single-record request body: the record limit plus JSON overhead.
+    max_body_bytes: int = 1_048_576
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """One node of a topology, as the topology file describes it."""
+
+    name: str
+    role: Role
+    host: str
+    port: int
+    prefix: str | None = None  # the prefix the node owns (None for a recursive node)
+    hosts: tuple[str, ...] = ()  # derived prefixes it hosts itself rather than delegating
+    mirror_of: str | None = None  # the primary this node mirrors (it then shares its prefix)
+    root_hints: tuple[str, ...] = ()  # for a recursive node: the top-level nodes to start from
+    description: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def is_mirror(self) -> bool:
+        return self.mirror_of is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """All nodes by name, in file order, with the relations derived from their prefixes."""
+
+    nodes: Mapping[str, NodeSpec] = field(default_factory=dict)
+
+    def node(self, name: str) -> NodeSpec:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            known = ", ".join(self.nodes) or "none"
+            raise ConfigError(f"no node named {name!r} in the topology (nodes: {known})") from None
+
+    def primaries(self) -> list[NodeSpec]:
+        """Authoritative nodes that are not mirrors."""
+        return [n for n in self.nodes.values() if n.prefix is not None and not n.is_mirror]
+
+    def mirrors_of(self, name: str) -> list[NodeSpec]:
+        return [n for n in self.nodes.values() if n.mirror_of == name]
+
+    def sites_of(self, name: str) -> list[NodeSpec]:
+        """The primary first, then its mirrors: one HS_SITE value each."""
+        return [self.node(name), *self.mirrors_of(name)]
+
+    def parent_of(self, node: NodeSpec) -> NodeSpec | None:
+        """The primary owning the longest proper ancestor of ``node``'s prefix: where it is delegated."""
+        if node.prefix is None or node.is_mirror:
+            return None
+        best: NodeSpec | None = None
+        for other in self.primaries():
+            assert other.prefix is not None
+            if (
+                other.prefix != node.prefix
+                and is_under(node.prefix, other.prefix)
+                and (best is None or len(other.prefix) > len(best.prefix or ""))
+            ):
+                best = other
+        return best
+
+    def roots(self) -> list[NodeSpec]:
+        """Top-level primaries and their mirrors: where resolution starts."""
+        tops = [n for n in self.primaries() if self.parent_of(n) is None]
+        return [site for top in tops for site in self.sites_of(top.name)]
+
+
+def _prefix(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f'{where}: prefix must be a string like "88.118", not {value!r}')
+    try:
+        return parse_prefix(value)
+    except Exception as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _listen(value: Any, where: str) -> tuple[str, int]:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f'{where}: listen must be "HOST:PORT", not {value!r}')
+    host, _, port_text = value.rpartition(":")
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{where}: port {port_text!r} is not a TCP port number")
+    return host, int(port_text)
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: expected a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def _node(name: str, raw: Any) -> NodeSpec:
+    where = f"node {name!r}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table")
+    known = {"role", "prefix", "listen", "hosts", "mirror_of", "root_hints", "description"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+    host, port = _listen(raw.get("listen"), where)
+    mirror_of = raw.get("mirror_of")
+    role = raw.get("role", "top" if mirror_of else None)
+    if role not in ROLES:
+        raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
+    if role == "recursive":
+        if "prefix" in raw:
+            raise ConfigError(f"{where}: a recursive node owns no prefix")
+        hints = _str_list(raw.get("root_hints", []), f"{where} root_hints")
+        return NodeSpec(name, role, host, port, root_hints=hints, description=str(raw.get("description", "")))
+    prefix = None if mirror_of else _prefix(raw.get("prefix"), where)
+    hosts = tuple(_prefix(h, f"{where} hosts") for h in _str_list(raw.get("hosts", []), where))
+    for hosted in hosts:
+        if prefix is not None and (hosted == prefix or not is_under(hosted, prefix)):
+            raise ConfigError(f"{where}: hosted prefix {hosted} is not derived from {prefix}")
+    return NodeSpec(
+        name,
+        role,
+        host,
+        port,
+        prefix=prefix,
+        hosts=hosts,
+        mirror_of=mirror_of if isinstance(mirror_of, str) else None,
+        description=str(raw.get("description", "")),
+    )
+
+
+def parse_topology(raw: Mapping[str, Any]) -> Topology:
+    """Build and check a topology from the parsed TOML document (``[nodes.NAME]`` tables)."""
+    tables = raw.get("nodes")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError("the topology has no [nodes.NAME] tables")
+    nodes = {name: _node(name, spec) for name, spec in tables.items()}
+    # A mirror serves its primary's prefix and role.
+    for name, node in list(nodes.items()):
+        if node.mirror_of is None:
+            continue
+        primary = nodes.get(node.mirror_of)
+        if primary is None or primary.is_mirror or primary.prefix is None:
+            raise ConfigError(f"node {name!r}: mirror_of {node.mirror_of!r} is not an authoritative primary")
+        nodes[name] = NodeSpec(
+            name,
+            primary.role,
+            node.host,
+            node.port,
+            prefix=primary.prefix,
+            hosts=primary.hosts,
+            mirror_of=primary.name,
+            description=node.description,
+        )
+    seen: dict[tuple[str, int], str] = {}
+    owners: dict[str, str] = {}
+    for node in nodes.values():
+        if (node.host, node.port) in seen:
+            raise ConfigError(
+                f"nodes {seen[(node.host, node.port)]!r} and {node.name!r} both listen on {node.host}:{node.port}"
+            )
+        seen[(node.host, node.port)] = node.name
+        if node.prefix is not None and not node.is_mirror:
+            for p in (node.prefix, *node.hosts):
+                if p in owners:
+                    raise ConfigError(f"prefix {p} is claimed by both {owners[p]!r} and {node.name!r}")
+                owners[p] = node.name
+        for hint in node.root_hints:
+            if hint not in nodes:
+                raise ConfigError(f"node {node.name!r}: root hint {hint!r} is not a node of the topology")
+    return Topology(nodes)

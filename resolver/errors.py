@@ -1,0 +1,175 @@
+"""One error hierarchy for the whole service, each error carrying its Handle responseCode and HTTP status.
+
+The codes and statuses follow the HANDLE.NET REST API (Technical Manual §14.4 and the server's
+``statusCodeFromResponse``)::
+
+    HandleError (2, 500)                      every error the service raises on purpose
+    ├── ProtocolError (4, 400)                a request the API cannot read (bad JSON, bad parameter)
+    │   ├── UnsupportedMediaType (4, 415)
+    │   └── BodyTooLarge (4, 413)
+    ├── NotSupported (5, 501)
+    ├── ServerBusy (3, 503)
+    ├── ReadOnly (7, 503)                     a mirror asked to write
+    ├── HandleNotFound (100, 404)             only on writes: resolution answers "not found", it does not raise
+    ├── HandleAlreadyExists (101, 409)
+    ├── InvalidHandle (102, 400)
+    ├── ValuesNotFound (200, 400)
+    ├── ValueAlreadyExists (201, 409)
+    ├── InvalidValue (202, 400)
+    ├── NotResponsible (301, 400)
+    ├── AuthenticationNeeded (402, 401)
+    ├── AuthenticationFailed (403, 401)
+    ├── PermissionDenied (401, 403)
+    └── UpstreamError (2, 502)                every upstream failed; ``attempts`` says what each one said
+
+An ``aiohttp`` middleware in ``nodes.http`` turns any of these into a response; foreign exceptions are
+translated where they enter (``raise X(...) from exc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+__all__ = [
+    "AuthenticationFailed",
+    "AuthenticationNeeded",
+    "BodyTooLarge",
+    "ConfigError",
+    "HandleAlreadyExists",
+    "HandleError",
+    "HandleNotFound",
+    "InvalidHandle",
+    "InvalidValue",
+    "NotResponsible",
+    "NotSupported",
+    "PermissionDenied",
+    "ProtocolError",
+    "ReadOnly",
+    "ServerBusy",
+    "UnsupportedMediaType",
+    "UpstreamError",
+    "ValueAlreadyExists",
+    "ValuesNotFound",
+]
+
+
+class HandleError(Exception):
+    """Base class: an error with a Handle ``responseCode``, an HTTP status and a message for people."""
+
+    response_code: ClassVar[int] = 2
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, handle: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.handle = handle
+
+    def to_body(self) -> dict[str, object]:
+        """The JSON body HANDLE.NET sends for this error."""
+        body: dict[str, object] = {"responseCode": self.response_code}
+        if self.handle is not None:
+            body["handle"] = self.handle
+        body["message"] = self.message
+        return body
+
+
+class ProtocolError(HandleError):
+    response_code = 4
+    http_status = 400
+
+
+class UnsupportedMediaType(ProtocolError):
+    http_status = 415
+
+
+class BodyTooLarge(ProtocolError):
+    http_status = 413
+
+
+class NotSupported(HandleError):
+    response_code = 5
+    http_status = 501
+
+
+class ServerBusy(HandleError):
+    response_code = 3
+    http_status = 503
+
+
+class ReadOnly(HandleError):
+    response_code = 7
+    http_status = 503
+
+
+class HandleNotFound(HandleError):
+    response_code = 100
+    http_status = 404
+
+
+class HandleAlreadyExists(HandleError):
+    response_code = 101
+    http_status = 409
+
+
+class InvalidHandle(HandleError):
+    response_code = 102
+    http_status = 400
+
+
+class ValuesNotFound(HandleError):
+    response_code = 200
+    http_status = 400
+
+
+class ValueAlreadyExists(HandleError):
+    response_code = 201
+    http_status = 409
+
+
+class InvalidValue(HandleError):
+    response_code = 202
+    http_status = 400
+
+
+class NotResponsible(HandleError):
+    response_code = 301
+    http_status = 400
+
+
+class AuthenticationNeeded(HandleError):
+    response_code = 402
+    http_status = 401
+
+
+class AuthenticationFailed(HandleError):
+    response_code = 403
+    http_status = 401
+
+
+class PermissionDenied(HandleError):
+    response_code = 401
+    http_status = 403
+
+
+class UpstreamError(HandleError):
+    """Every upstream that was tried failed; ``attempts`` lists (server, what went wrong) per try."""
+
+    response_code = 2
+    http_status = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        handle: str | None = None,
+        attempts: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        if attempts:
+            message = message + ": " + "; ".join(f"{where}: {what}" for where, what in attempts)
+        super().__init__(message, handle=handle)
+        self.attempts = tuple(attempts)
+
+
+class ConfigError(Exception):
+    """A topology or node configuration that cannot be used; raised at startup, never per request."""
