@@ -11,10 +11,10 @@ import aiohttp
 from aiohttp import web
 
 from nodes.authority import Answer, Authority
+from nodes.federation import remote_verifier
 from nodes.http import error_middleware, handle_from_path, query_bool, query_int, query_ints, read_body, respond
 from nodes.keys import AUTHORITY, CLIENT, CONFIG
 from nodes.replication import setup_replication
-from resolver.auth import Identity
 from resolver.client import HandleClient
 from resolver.config import DEFAULT_LIMITS, Limits, NodeSpec, Topology
 from resolver.errors import InvalidHandle, ProtocolError
@@ -99,18 +99,13 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     client = HandleClient(session)
     roots = [n.url for n in config.topology.roots()]
 
-    async def verify_remote(identity: Identity, header: str) -> bool:
-        # Federated identities (as in IDIS's distributed authentication): find the node that holds
-        # the identity's handle through the tree, and let it check the secret.
-        found = await client.resolve(identity.text, roots, params=[("index", str(identity.index))])
-        if found.reply.status != 200 or not found.hops:
-            return False
-        reply = await client.request("GET", found.hops[-1].url, "/api/sessions/this", authorization=header)
-        return reply.status == 200 and reply.body.get("id") == str(identity)
-
     try:
         authority = Authority(
-            config.spec, store, config.limits, read_only=config.spec.is_mirror, remote_verifier=verify_remote
+            config.spec,
+            store,
+            config.limits,
+            read_only=config.spec.is_mirror,
+            remote_verifier=remote_verifier(client, roots),
         )
         await authority.start()
         if not config.spec.is_mirror:

@@ -136,20 +136,18 @@ class Authority:
             self._verified.move_to_end(digest)
             return cached[0]
         identity, secret = parse_basic(header)
-        if await self._serves(identity.key):
-            record = await self.store.get(identity.key)
-            keys = [
-                v
-                for v in (record.values if record else ())
-                if v.type.upper() == "HS_SECKEY" and identity.index in (0, v.index)
-            ]
-            if not keys:
-                raise AuthenticationFailed(f"{identity} has no HS_SECKEY value on this node")
+        record = await self.store.get(identity.key) if self._serves(identity.key) else None
+        keys = [
+            v
+            for v in (record.values if record else ())
+            if v.type.upper() == "HS_SECKEY" and identity.index in (0, v.index)
+        ]
+        if keys:
             ok = await asyncio.to_thread(lambda: any(verify_secret(secret, k.value) for k in keys))
         elif self._remote_verifier is not None:
             ok = await self._remote_verifier(identity, header)
         else:
-            raise AuthenticationFailed(f"{identity} is not an identity this node can verify")
+            raise AuthenticationFailed(f"{identity} has no HS_SECKEY value on this node")
         if not ok:
             raise AuthenticationFailed(f"authentication failed for {identity}: wrong secret")
         self._verified[digest] = (identity, now + CREDENTIAL_CACHE_SECONDS)
@@ -157,7 +155,7 @@ class Authority:
             self._verified.popitem(last=False)
         return identity
 
-    async def _serves(self, key: str) -> bool:
+    def _serves(self, key: str) -> bool:
         try:
             return not isinstance(self.zone.route(parse_handle(key)), (NotHere, Refer))
         except Exception:

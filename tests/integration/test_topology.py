@@ -1,0 +1,162 @@
+"""The default topology brought up by `idres up`, used the way its users would use it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from pyhandle.handleclient import PyHandleClient
+from pyhandle.handleexceptions import HandleAuthenticationError, HandleNotFoundException
+
+from nodes.seed import DEMO_CAR, DEMO_PACK
+from resolver.client import basic_auth
+from tests.integration.conftest import Running, copy_topology, get_json, idres, node_pids, start_up, stop
+
+pytestmark = pytest.mark.integration
+
+AUTOMAKER = "http://127.0.0.1:8300"
+BATTERYMAKER = "http://127.0.0.1:8310"
+
+
+def request(method: str, url: str, body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_resolve_walks_top_secondary_enterprise(topology_up: Running) -> None:
+    out = idres("resolve", DEMO_CAR, "--server", "http://127.0.0.1:8100")
+    assert out.returncode == 0, out.stderr
+    hops = [line for line in out.stdout.splitlines() if "http://127.0.0.1:" in line]
+    assert [h.split("http://127.0.0.1:")[1][:4] for h in hops] == ["8100", "8200", "8300"]
+    assert "CQ-EV7 electric SUV" in out.stdout and "COMPONENT" in out.stdout
+    raw = idres("resolve", DEMO_CAR, "--server", "http://127.0.0.1:8100", "--json")
+    body = json.loads(raw.stdout)
+    assert body["handle"] == DEMO_CAR
+    component = next(v for v in body["values"] if v["type"] == "COMPONENT")["data"]["value"]
+    assert component == DEMO_PACK
+    pack = json.loads(idres("resolve", component, "--json").stdout)
+    assert any(v["type"] == "CELLS" for v in pack["values"])
+
+
+def test_hosted_prefix_resolves_from_the_secondary_itself(topology_up: Running) -> None:
+    out = idres("resolve", "88.118.9/SEAT-2026-0001", "--server", "http://127.0.0.1:8200", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["responseCode"] == 1
+    status, body = get_json("http://127.0.0.1:8200/api/handles/88.118.9/SEAT-2026-0001")
+    assert status == 200 and body["handle"] == "88.118.9/SEAT-2026-0001"
+
+
+def test_unknown_handle_reports_not_found(topology_up: Running) -> None:
+    out = idres("resolve", "88.118.8/NO-SUCH-CAR")
+    assert out.returncode == 1 and "Handle Not Found" in out.stdout
+
+
+def test_pyhandle_against_the_automaker(topology_up: Running) -> None:
+    client = PyHandleClient("rest").instantiate_with_username_and_password(
+        AUTOMAKER, "300:0.NA/88.118.8", topology_up.secret("automaker"), HTTPS_verify=False)
+    handle = client.register_handle("88.118.8/PYH-" + str(time.time_ns()), "https://example.cn/a",
+                                    CHECKSUM="abc", MODEL="CQ-EV7")
+    record = client.retrieve_handle_record(handle)
+    assert record["URL"] == "https://example.cn/a" and record["MODEL"] == "CQ-EV7" and record["CHECKSUM"] == "abc"
+    assert client.get_value_from_handle(handle, "MODEL") == "CQ-EV7"
+    generated = client.generate_and_register_handle("88.118.8", "https://example.cn/generated")
+    assert generated.startswith("88.118.8/")
+    assert client.get_value_from_handle(generated, "URL") == "https://example.cn/generated"
+    client.modify_handle_value(handle, URL="https://example.cn/b", COLOUR="red")
+    record = client.retrieve_handle_record(handle)
+    assert record["URL"] == "https://example.cn/b" and record["COLOUR"] == "red"
+    client.delete_handle_value(handle, "COLOUR")
+    assert "COLOUR" not in client.retrieve_handle_record(handle)
+    client.delete_handle(handle)
+    assert client.retrieve_handle_record(handle) is None
+    with pytest.raises(HandleNotFoundException):
+        client.get_value_from_handle(handle, "URL")
+
+
+def test_pyhandle_with_a_wrong_secret_is_refused(topology_up: Running) -> None:
+    client = PyHandleClient("rest").instantiate_with_username_and_password(
+        AUTOMAKER, "300:0.NA/88.118.8", "not-the-secret", HTTPS_verify=False)
+    with pytest.raises(HandleAuthenticationError):
+        client.register_handle("88.118.8/WRONG-SECRET", "https://example.cn/x")
+
+
+def test_wrong_secret_gets_401(topology_up: Running) -> None:
+    body = json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://x"}]}).encode()
+    status, answer = request("PUT", f"{AUTOMAKER}/api/handles/88.118.8/X", body,
+                             {"Authorization": basic_auth("300:0.NA/88.118.8", "wrong"),
+                              "Content-Type": "application/json"})
+    assert status == 401 and answer["responseCode"] == 403
+
+
+def test_automaker_operator_cannot_write_under_the_battery_maker(topology_up: Running) -> None:
+    body = json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://x"}]}).encode()
+    creds = {"Authorization": basic_auth("300:0.NA/88.118.8", topology_up.secret("automaker")),
+             "Content-Type": "application/json"}
+    # The batterymaker verifies the automaker's identity at the automaker (found through the tree),
+    # then finds that nothing under 88.119.6 names it as an admin.
+    status, answer = request("PUT", f"{BATTERYMAKER}/api/handles/88.119.6/INTRUDER", body, creds)
+    assert status == 403 and answer["responseCode"] == 401, answer
+    status, answer = request("PUT", f"{BATTERYMAKER}/api/handles/{DEMO_PACK}?index=9",
+                             json.dumps({"values": [{"index": 9, "type": "X", "data": "y"}]}).encode(), creds)
+    assert status == 403
+    status, _ = get_json(f"{BATTERYMAKER}/api/handles/88.119.6/INTRUDER")
+    assert status == 404
+    wrong = {**creds, "Authorization": basic_auth("300:0.NA/88.118.8", "wrong")}
+    status, _ = request("PUT", f"{BATTERYMAKER}/api/handles/88.119.6/INTRUDER", body, wrong)
+    assert status == 401
+
+
+def test_unauthenticated_reads_never_show_secrets(topology_up: Running) -> None:
+    for url in ("http://127.0.0.1:8100/api/handles/0.NA/88", f"{AUTOMAKER}/api/handles/0.NA/88.118.8"):
+        status, body = get_json(url)
+        assert status == 200
+        assert all(v["type"] != "HS_SECKEY" for v in body["values"])  # type: ignore[attr-defined]
+
+
+def test_malformed_and_oversized_requests(topology_up: Running) -> None:
+    status, body = get_json(f"{AUTOMAKER}/api/handles/88.118.8")
+    assert status == 400 and body["responseCode"] == 102 and "/" in str(body["message"])
+    big = b'{"values": [' + b" " * 2_000_000 + b"]}"
+    creds = {"Authorization": basic_auth("300:0.NA/88.118.8", topology_up.secret("automaker")),
+             "Content-Type": "application/json"}
+    try:
+        status, body = request("PUT", f"{AUTOMAKER}/api/handles/88.118.8/BIG", big, creds)
+    except (ConnectionError, urllib.error.URLError):
+        pytest.fail("the node should answer 413, not drop the connection")
+    assert status == 413 and body["responseCode"] == 4
+
+
+def test_up_twice_keeps_data_duplicates_nothing_and_stops_every_node(tmp_path: Path) -> None:
+    topology = copy_topology(tmp_path / "my-topology.toml")
+    data = tmp_path / "data"
+    first = start_up(data, topology)
+    automaker = first.urls["automaker"]
+    creds = {"Authorization": basic_auth("300:0.NA/88.118.8", first.secret("automaker")),
+             "Content-Type": "application/json"}
+    status, _ = request("PUT", f"{automaker}/api/handles/88.118.8/KEPT",
+                        json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://kept"}]}).encode(), creds)
+    assert status == 200
+    seqs = {name: get_json(url + "/healthz")[1]["lastSeq"] for name, url in first.urls.items()}
+    assert node_pids(data), "the nodes run as their own processes"
+    assert stop(first) == 0
+    assert node_pids(data) == [], "stopping `idres up` must leave no node behind"
+
+    second = start_up(data, topology)
+    try:
+        status, body = get_json(f"{automaker}/api/handles/88.118.8/KEPT")
+        assert status == 200
+        again = {name: get_json(url + "/healthz")[1]["lastSeq"] for name, url in second.urls.items()}
+        assert again == seqs, "a second `idres up` must not write the delegations or demo data again"
+        out = idres("resolve", DEMO_CAR, "--server", second.urls["chongqing-top"], "--json")
+        assert json.loads(out.stdout)["responseCode"] == 1
+    finally:
+        second.process.terminate()  # SIGTERM, as a service manager would stop it
+        assert second.process.wait(timeout=20) == 0
+    assert node_pids(data) == []
