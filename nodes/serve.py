@@ -40,4 +40,7 @@ def serve_node(topology: Topology, name: str, data_dir: Path) -> None:
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     # No access log: it halves aiohttp's throughput (aiohttp issue #2779) and the node logs errors.
-    web.run_app(app, host=spec.host, port=spec.port, access_log=None, print=None, loop=loop, shutdown_timeout=5.0)
+    try:
+        web.run_app(app, host=spec.host, port=spec.port, access_log=None, print=None, loop=loop, shutdown_timeout=5.0)
+    except OSError as exc:
+        raise ConfigError(f"node {name} cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}") from exc
