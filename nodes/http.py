@@ -105,7 +105,7 @@ def query_ints(request: web.Request, name: str) -> list[int]:
     out = []
     for raw in request.query.getall(name, []):
         for part in raw.split(","):
-            if not part.strip().isdigit():
+            if not (part.strip().isascii() and part.strip().isdigit()):
                 raise ProtocolError(f"parameter {name}={raw!r} is not a non-negative integer")
             out.append(int(part))
     return out

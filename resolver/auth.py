@@ -94,19 +94,28 @@ def hash_secret(secret: str, *, iterations: int = PBKDF2_ITERATIONS) -> str:
     return "$".join((_SCHEME, str(iterations), base64.b64encode(salt).decode(), base64.b64encode(digest).decode()))
 
 
+# A stored hash with an absurd iteration count would make every login attempt against it burn a
+# worker thread for minutes; such a value is not accepted as a hash (it is hashed as a secret).
+MAX_STORED_ITERATIONS = 10 * PBKDF2_ITERATIONS
+
+
 def is_hashed(stored: object) -> bool:
-    return isinstance(stored, str) and stored.startswith(_SCHEME + "$") and stored.count("$") == 3
+    if not isinstance(stored, str) or stored.count("$") != 3:
+        return False
+    scheme, iterations, _, _ = stored.split("$")
+    return (scheme == _SCHEME and iterations.isascii() and iterations.isdigit()
+            and 1_000 <= int(iterations) <= MAX_STORED_ITERATIONS)
 
 
 def verify_secret(secret: str, stored: str) -> bool:
     """Constant-time check of ``secret`` against a ``hash_secret`` string; False for anything malformed."""
+    if not is_hashed(stored):
+        return False
     try:
-        scheme, iterations, salt, digest = stored.split("$")
-        if scheme != _SCHEME:
-            return False
+        _, iterations, salt, digest = stored.split("$")
         expected = base64.b64decode(digest)
         actual = hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), base64.b64decode(salt), int(iterations))
-    except (ValueError, binascii.Error):
+    except (ValueError, OverflowError, binascii.Error):
         return False
     return hmac.compare_digest(actual, expected)
 

@@ -34,9 +34,25 @@ _MSGPACK_ALIASES = frozenset({MSGPACK, "application/x-msgpack", "application/vnd
 
 def choose_media_type(accept: str | None) -> str:
     """msgpack when the client asks for it, JSON otherwise (the HANDLE.NET default)."""
-    if accept and any(part.split(";")[0].strip().lower() in _MSGPACK_ALIASES for part in accept.split(",")):
-        return MSGPACK
-    return JSON
+    if not accept or "msgpack" not in accept.lower():
+        return JSON  # the common case, decided without parsing
+    best_json, best_msgpack = 0.0, 0.0
+    for part in accept.split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media in _MSGPACK_ALIASES:
+            best_msgpack = max(best_msgpack, q)
+        elif media in (JSON, "*/*", "application/*"):
+            best_json = max(best_json, q)
+    return MSGPACK if best_msgpack > 0 and best_msgpack >= best_json else JSON
 
 
 def body_media_type(content_type: str | None) -> str:

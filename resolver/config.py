@@ -127,7 +127,7 @@ def _listen(value: Any, where: str) -> tuple[str, int]:
     if not isinstance(value, str) or ":" not in value:
         raise ConfigError(f'{where}: listen must be "HOST:PORT", not {value!r}')
     host, _, port_text = value.rpartition(":")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{where}: port {port_text!r} is not a TCP port number")
     return host, int(port_text)
 
@@ -148,6 +148,13 @@ def _node(name: str, raw: Any) -> NodeSpec:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
     host, port = _listen(raw.get("listen"), where)
     mirror_of = raw.get("mirror_of")
+    if mirror_of is not None:
+        if not isinstance(mirror_of, str):
+            raise ConfigError(f"{where}: mirror_of must be the name of a node, not {mirror_of!r}")
+        inherited = sorted({"role", "prefix", "hosts", "root_hints"} & set(raw))
+        if inherited:
+            raise ConfigError(f"{where}: a mirror takes its role, prefix and hosts from its primary; "
+                              f"remove {', '.join(inherited)}")
     role = raw.get("role", "top" if mirror_of else None)
     if role not in ROLES:
         raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")

@@ -106,7 +106,9 @@ def value_to_wire(v: HandleValue) -> dict[str, Any]:
     }
     if v.timestamp:
         out["timestamp"] = format_timestamp(v.timestamp)
-    if v.permissions != DEFAULT_PERMISSIONS:
+    # Omitted when it is the usual 1110, as HANDLE.NET does; HS_SECKEY defaults to 1100 on the way
+    # in, so its permissions are always written out to survive a read-modify-write round trip.
+    if v.permissions != DEFAULT_PERMISSIONS or v.type.upper() == "HS_SECKEY":
         out["permissions"] = v.permissions
     if v.references:
         out["references"] = [{"index": r.index, "handle": r.handle} for r in v.references]
@@ -122,7 +124,7 @@ def _fail(where: str, message: str) -> InvalidValue:
 
 def _int(raw: Any, where: str, what: str, *, low: int, high: int) -> int:
     # pyhandle sends the admin index as the string "200"; HANDLE.NET accepts both.
-    if isinstance(raw, str) and raw.strip().isdigit():
+    if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
         raw = int(raw)
     if not isinstance(raw, int) or isinstance(raw, bool):
         raise _fail(where, f"{what} must be an integer, not {json.dumps(raw)}")
@@ -254,9 +256,13 @@ def _data(fmt: str, raw: Any, where: str) -> Any:
         return _vlist(raw, where)
     if fmt == "site":
         return _site(raw, where)
-    # "key": a JSON Web Key, kept as sent.
+    # "key": a JSON Web Key, kept as sent, but it must be JSON (a msgpack body could carry bytes).
     if not isinstance(raw, Mapping):
         raise _fail(where, "key data must be a JSON Web Key object")
+    try:
+        json.dumps(raw)
+    except (TypeError, ValueError) as exc:
+        raise _fail(where, f"key data must be plain JSON ({exc})") from exc
     return dict(raw)
 
 
@@ -298,14 +304,14 @@ def value_from_wire(raw: Any, *, position: int, now: int, limits: Limits = DEFAU
     else:
         # A bare value is accepted, as HANDLE.NET does (Technical Manual §14.8); pyhandle sends these.
         fmt, payload = _TYPE_FORMATS.get(vtype.upper(), "string"), data
-    if fmt not in FORMATS:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
         raise _fail(where, f"unknown data format {json.dumps(fmt)} (known: {', '.join(sorted(FORMATS))})")
     value = _data(fmt, payload, where)
     size = _encoded_size(value)
     if size > limits.max_value_bytes:
         raise _fail(where, f"data is {size} bytes (at most {limits.max_value_bytes})")
     ttl = raw.get("ttl", DEFAULT_TTL)
-    if isinstance(ttl, str) and not ttl.isdigit():
+    if isinstance(ttl, str) and not (ttl.isascii() and ttl.isdigit()):
         raise _fail(where, f"absolute TTLs are not supported; give seconds, not {json.dumps(ttl)}")
     ttl = _int(ttl, where, "ttl", low=0, high=MAX_TTL)
     default_perms = SECRET_PERMISSIONS if vtype.upper() == "HS_SECKEY" else DEFAULT_PERMISSIONS

@@ -150,7 +150,7 @@ def test_up_twice_keeps_data_duplicates_nothing_and_stops_every_node(tmp_path: P
 
     second = start_up(data, topology)
     try:
-        status, body = get_json(f"{automaker}/api/handles/88.118.8/KEPT")
+        status, _ = get_json(f"{automaker}/api/handles/88.118.8/KEPT")
         assert status == 200
         again = {name: get_json(url + "/healthz")[1]["lastSeq"] for name, url in second.urls.items()}
         assert again == seqs, "a second `idres up` must not write the delegations or demo data again"
