@@ -17,6 +17,7 @@ from rich.table import Table
 
 from nodes.secrets import ENV_SECRET, SECRETS_FILE, operator_secrets
 from nodes.seed import DEMO_CAR, Seeded, register_topology
+from nodes.serve import LAUNCHER_PID_ENV
 from resolver.client import HandleClient
 from resolver.config import NodeSpec, Topology
 from resolver.errors import ConfigError, HandleError
@@ -42,6 +43,7 @@ def start_nodes(topology: Topology, topology_path: Path | None, data_dir: Path) 
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = []
+    env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}
     for spec in topology.nodes.values():
         if spec.role == "recursive":
             continue  # the recursive node is not part of this version
@@ -52,7 +54,7 @@ def start_nodes(topology: Topology, topology_path: Path | None, data_dir: Path) 
         with open(log_path, "ab") as log:
             # Own process group: a Ctrl-C reaches the launcher, which stops every node in order.
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
             )
         started.append(NodeProcess(spec, proc, log_path))
     return started

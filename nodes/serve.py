@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import signal
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -13,11 +17,32 @@ from nodes.secrets import operator_secrets
 from resolver.config import Topology
 from resolver.errors import ConfigError
 
-__all__ = ["db_path", "serve_node"]
+__all__ = ["LAUNCHER_PID_ENV", "db_path", "serve_node"]
+
+# Set by `idres up` for the nodes it starts: a node whose launcher died (even by SIGKILL) stops itself
+# instead of lingering with nobody to stop it.
+LAUNCHER_PID_ENV = "IDRES_LAUNCHER_PID"
 
 
 def db_path(data_dir: Path, name: str) -> Path:
     return data_dir / f"{name}.sqlite3"
+
+
+def _stop_when_orphaned(launcher_pid: int) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def watch(app: web.Application) -> AsyncIterator[None]:
+        async def poll() -> None:
+            while os.getppid() == launcher_pid:
+                await asyncio.sleep(1.0)
+            logging.getLogger("idres").warning("launcher %d is gone; stopping", launcher_pid)
+            os.kill(os.getpid(), signal.SIGTERM)  # the same graceful stop as Ctrl-C
+
+        task = asyncio.create_task(poll())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return watch
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -37,6 +62,9 @@ def serve_node(topology: Topology, name: str, data_dir: Path) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     secret = operator_secrets(data_dir, [spec.mirror_of or name])[spec.mirror_of or name]
     app = create_app(AuthoritativeConfig(spec, topology, db_path(data_dir, name), secret))
+    launcher = os.environ.get(LAUNCHER_PID_ENV, "")
+    if launcher.isdigit():
+        app.cleanup_ctx.append(_stop_when_orphaned(int(launcher)))
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     # No access log: it halves aiohttp's throughput (aiohttp issue #2779) and the node logs errors.

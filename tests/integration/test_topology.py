@@ -160,3 +160,15 @@ def test_up_twice_keeps_data_duplicates_nothing_and_stops_every_node(tmp_path: P
         second.process.terminate()  # SIGTERM, as a service manager would stop it
         assert second.process.wait(timeout=20) == 0
     assert node_pids(data) == []
+
+
+def test_nodes_stop_themselves_when_the_launcher_is_killed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    running = start_up(data, copy_topology(tmp_path / "topology.toml"))
+    assert node_pids(data)
+    running.process.kill()  # SIGKILL: the launcher gets no chance to stop anything
+    running.process.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while node_pids(data) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert node_pids(data) == [], "nodes outlived their launcher"
