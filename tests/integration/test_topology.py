@@ -172,3 +172,20 @@ def test_nodes_stop_themselves_when_the_launcher_is_killed(tmp_path: Path) -> No
     while node_pids(data) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert node_pids(data) == [], "nodes outlived their launcher"
+
+
+def test_chengdu_mirror_holds_what_chongqing_holds(topology_up: Running) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        status, body = get_json("http://127.0.0.1:8101/api/handles/0.NA/88.118")
+        if status == 200:
+            break
+        time.sleep(0.1)
+    assert status == 200 and body["values"][0]["type"] == "HS_SITE"  # type: ignore[index]
+    out = idres("resolve", DEMO_CAR, "--server", "http://127.0.0.1:8101", "--json")
+    assert json.loads(out.stdout)["responseCode"] == 1
+    body = json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://x"}]}).encode()
+    status, answer = request("PUT", "http://127.0.0.1:8101/api/handles/88/X", body,
+                             {"Authorization": basic_auth("300:0.NA/88", topology_up.secret("chongqing-top")),
+                              "Content-Type": "application/json"})
+    assert status == 503 and answer["responseCode"] == 7, "a mirror refuses writes"
