@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.metrics_core import Metric
 
 from nodes.authority import Answer, Authority
 from nodes.federation import remote_verifier
 from nodes.http import error_middleware, handle_from_path, query_bool, query_int, query_ints, read_body, respond
-from nodes.keys import AUTHORITY, CLIENT, CONFIG
+from nodes.keys import AUTHORITY, CLIENT, CONFIG, METRICS, REPLICATION
+from nodes.metrics import NodeMetrics, count_requests, gauge, metrics_handler
 from nodes.replication import setup_replication
 from resolver.client import HandleClient
 from resolver.config import DEFAULT_LIMITS, Limits, NodeSpec, Topology
@@ -135,7 +138,9 @@ async def get_handle(request: web.Request) -> web.Response:
     result = await authority.resolve(
         handle, types=request.query.getall("type", []), indexes=query_ints(request, "index"), identity=identity
     )
+    outcomes = request.app[METRICS].resolutions
     if not isinstance(result, Answer):
+        outcomes.labels("referral").inc()
         return respond(
             request,
             300,
@@ -148,13 +153,16 @@ async def get_handle(request: web.Request) -> web.Response:
             },
         )
     if result.values is None:
+        outcomes.labels("not_found").inc()
         return respond(request, 404, {"responseCode": 100, "handle": text, "message": "Handle Not Found"})
     if result.filtered and not result.values:
+        outcomes.labels("values_not_found").inc()
         return respond(
             request,
             200,
             {"responseCode": 200, "handle": text, "values": [], "message": "no value matches the type or index given"},
         )
+    outcomes.labels("answer").inc()
     return respond(
         request, 200, {"responseCode": 1, "handle": text, "values": [value_to_wire(v) for v in result.values]}
     )
@@ -239,11 +247,32 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+def _replication_metrics(app: web.Application) -> Iterable[Metric]:
+    replication = app.get(REPLICATION)
+    mirror = replication.mirror if replication is not None else None
+    if mirror is not None:
+        lag = mirror.lag_seconds()
+        yield gauge(
+            "idres_replication_connected",
+            "Whether this mirror is connected to its primary",
+            1.0 if mirror.connected else 0.0,
+        )
+        yield gauge(
+            "idres_replication_lag_seconds",
+            "Seconds since this mirror last had every change "
+            "(0 while connected and caught up; NaN before the first sync)",
+            math.nan if lag is None else lag,
+        )
+
+
 def create_app(config: AuthoritativeConfig) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=config.limits.max_body_bytes)
+    app = web.Application(middlewares=[count_requests, error_middleware], client_max_size=config.limits.max_body_bytes)
     app[CONFIG] = config
+    app[METRICS] = metrics = NodeMetrics(config.spec.name, config.spec.role)
+    metrics.add_source(lambda: _replication_metrics(app))
     app.cleanup_ctx.append(_storage_ctx)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/api/handles", list_handles)
     app.router.add_get("/api/handles/", list_handles)
     app.router.add_get("/api/sessions/this", session_this)

@@ -11,11 +11,13 @@ from resolver.client import HandleClient
 if TYPE_CHECKING:
     from nodes.authoritative import AuthoritativeConfig
     from nodes.authority import Authority
+    from nodes.metrics import NodeMetrics
     from nodes.replication import Replication
 
-__all__ = ["AUTHORITY", "CLIENT", "CONFIG", "REPLICATION"]
+__all__ = ["AUTHORITY", "CLIENT", "CONFIG", "METRICS", "REPLICATION"]
 
 CONFIG: web.AppKey[AuthoritativeConfig] = web.AppKey("config")
 AUTHORITY: web.AppKey[Authority] = web.AppKey("authority")
 CLIENT: web.AppKey[HandleClient] = web.AppKey("client")
 REPLICATION: web.AppKey[Replication] = web.AppKey("replication")
+METRICS: web.AppKey[NodeMetrics] = web.AppKey("metrics")

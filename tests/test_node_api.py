@@ -313,3 +313,18 @@ async def test_restart_keeps_data_and_rewrites_nothing(tmp_path: Path) -> None:
             seqs.append(health["lastSeq"])
         await server.close()
     assert seqs[0] == seqs[1], "a restart with the same topology and secret must not write anything"
+
+
+async def test_metrics_count_requests_and_outcomes(node: Node) -> None:
+    await node.put("88.118/M", CAR)
+    await node.call("GET", "/api/handles/88.118/M")
+    await node.call("GET", "/api/handles/88.118/M")
+    await node.call("GET", "/api/handles/88.118/ABSENT")
+    await node.call("GET", "/api/handles/88..1/BAD")
+    async with node.session.get(node.url("/metrics")) as r:
+        assert r.status == 200 and r.content_type == "text/plain"
+        text = await r.text()
+    assert 'idres_resolutions_total{outcome="answer"} 2.0' in text
+    assert 'idres_resolutions_total{outcome="not_found"} 1.0' in text
+    assert 'idres_requests_total{method="GET",status="400"} 1.0' in text
+    assert 'idres_requests_total{method="PUT",status="200"} 1.0' in text
