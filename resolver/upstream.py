@@ -1,0 +1,160 @@
+"""Failover policy and health of upstream servers: smoothed RTT, failure counts, down marks, per-try timeouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from resolver.sites import SiteServer
+
+__all__ = ["DEFAULT_UPSTREAM_CONFIG", "ServerHealth", "UpstreamConfig", "Upstreams"]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """How upstream servers are chosen, timed out and marked down (CoreDNS ``forward``, BIND adb)."""
+
+    max_fails: int = 2
+    """Consecutive failures before a server is marked down (CoreDNS ``max_fails``; 0 never marks one down)."""
+    probe_interval: float = 0.5
+    """How often the driver probes a down server until it answers (CoreDNS ``health_check`` 0.5 s)."""
+    srtt_alpha: float = 0.3
+    """Weight of a new RTT sample: SRTT = 0.7·old + 0.3·new (BIND ``adb.c``)."""
+    initial_srtt: float = 0.010
+    """Assumed SRTT of a server never heard from: low, so unknown servers are tried before known-slow ones."""
+    mirror_penalty: float = 1.5
+    """A mirror site's SRTT is multiplied by this when ordering, so a primary wins when RTTs are similar
+    (and a recovered primary is used again rather than the mirror that stood in for it)."""
+    try_timeout: float = 1.0
+    """Ceiling of one try; also the timeout of a server with no RTT sample yet (nothing to adapt from)."""
+    min_try_timeout: float = 0.05
+    """Floor of one try (Unbound's ``infra-cache-min-rtt`` is 50 ms)."""
+    deadline: float = 3.0
+    """Budget of one whole client request, every level and retry included (CoreDNS: 5 s per request)."""
+
+    def __post_init__(self) -> None:
+        if self.max_fails < 0:
+            raise ValueError("max_fails must be 0 (never mark down) or more")
+        if not 0 < self.srtt_alpha <= 1:
+            raise ValueError("srtt_alpha must be in (0, 1]")
+        if not 0 < self.min_try_timeout <= self.try_timeout <= self.deadline:
+            raise ValueError("need 0 < min_try_timeout <= try_timeout <= deadline")
+        if self.initial_srtt <= 0 or self.mirror_penalty <= 0 or self.probe_interval <= 0:
+            raise ValueError("initial_srtt, mirror_penalty and probe_interval must be positive")
+
+
+DEFAULT_UPSTREAM_CONFIG = UpstreamConfig()
+
+# A server that keeps timing out gets a longer try each time, up to the ceiling (Knot Resolver
+# backs off with ``timeout << min(timeouts, 8)``): a busy server is not written off by a timeout
+# that its own slowness made too short.
+_MAX_BACKOFF_SHIFT = 3
+
+
+@dataclass(slots=True)
+class ServerHealth:
+    """What is known about one upstream server; copies are handed out, the live one stays inside."""
+
+    url: str
+    srtt: float
+    """Smoothed round-trip time in seconds (``initial_srtt`` until the first success)."""
+    fails: int = 0
+    """Consecutive failures since the last success."""
+    down: bool = False
+    last_failure: float | None = None
+    """Clock time of the last failure (None: never failed)."""
+    last_success: float | None = None
+    successes: int = 0
+    failures: int = 0
+    last_error: str = ""
+    """What the last failure was, for logs and the status page."""
+
+
+class Upstreams:
+    """Health of every upstream server seen, and the order and timeouts that follow from it.
+
+    Pure bookkeeping: the resolution state machine reports each try's outcome here, and the driver
+    probes :meth:`down_servers` every ``probe_interval`` and reports those outcomes too.
+    """
+
+    def __init__(
+        self, config: UpstreamConfig = DEFAULT_UPSTREAM_CONFIG, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._health: dict[str, ServerHealth] = {}
+
+    def _get(self, url: str) -> ServerHealth:
+        health = self._health.get(url)
+        if health is None:
+            health = self._health[url] = ServerHealth(url, self.config.initial_srtt)
+        return health
+
+    def effective_srtt(self, server: SiteServer) -> float:
+        """The SRTT used for ordering: a mirror's is scaled by ``mirror_penalty``."""
+        health = self._health.get(server.url)
+        srtt = self.config.initial_srtt if health is None else health.srtt
+        return srtt if server.primary else srtt * self.config.mirror_penalty
+
+    def is_down(self, url: str) -> bool:
+        health = self._health.get(url)
+        return health is not None and health.down
+
+    def order(self, servers: Sequence[SiteServer]) -> list[SiteServer]:
+        """Healthy servers by effective SRTT, then the down ones (so one is still tried when all are down).
+
+        Ties keep the given order (sites list primaries first). Down servers are ordered among
+        themselves the same way, so the one most likely to have recovered is tried first.
+        """
+        return sorted(servers, key=lambda s: (self.is_down(s.url), self.effective_srtt(s)))
+
+    def try_timeout(self, url: str) -> float:
+        """Timeout for one try: 4·SRTT, doubled per consecutive failure, within [min_try_timeout, try_timeout].
+
+        A server never heard from gets the ceiling: there is no RTT to adapt from yet.
+        """
+        config = self.config
+        health = self._health.get(url)
+        if health is None or health.successes == 0:
+            return config.try_timeout
+        adaptive = 4 * health.srtt * (1 << min(health.fails, _MAX_BACKOFF_SHIFT))
+        return min(max(adaptive, config.min_try_timeout), config.try_timeout)
+
+    def success(self, url: str, rtt: float) -> None:
+        """A usable reply came back after ``rtt`` seconds: update SRTT, clear the failure count and down mark."""
+        health = self._get(url)
+        rtt = max(rtt, 0.0)
+        if health.successes == 0:
+            health.srtt = rtt  # the first sample replaces the guess (RFC 6298 §2.2)
+        else:
+            alpha = self.config.srtt_alpha
+            health.srtt = (1 - alpha) * health.srtt + alpha * rtt
+        health.successes += 1
+        health.fails = 0
+        health.down = False
+        health.last_success = self._clock()
+
+    def failure(self, url: str, reason: str) -> None:
+        """A try failed (no connection, timeout, 5xx, unusable reply); mark down after ``max_fails`` in a row."""
+        health = self._get(url)
+        health.fails += 1
+        health.failures += 1
+        health.last_failure = self._clock()
+        health.last_error = reason
+        if self.config.max_fails and health.fails >= self.config.max_fails:
+            health.down = True
+
+    def down_servers(self) -> list[str]:
+        """URLs of the servers marked down, for the driver's background probes."""
+        return [url for url, health in self._health.items() if health.down]
+
+    def health(self, url: str) -> ServerHealth:
+        """A copy of what is known about ``url`` (a fresh record if nothing is)."""
+        health = self._health.get(url)
+        return ServerHealth(url, self.config.initial_srtt) if health is None else dataclasses.replace(health)
+
+    def snapshot(self) -> dict[str, ServerHealth]:
+        """Copies of every server's health, for metrics and the status page."""
+        return {url: dataclasses.replace(health) for url, health in self._health.items()}
