@@ -19,7 +19,7 @@ from resolver.errors import ConfigError, HandleError
 __all__ = ["main"]
 
 DEFAULT_DATA = Path("idres-data")
-DEFAULT_SERVER = "http://127.0.0.1:8100"
+DEFAULT_SERVER = "http://127.0.0.1:8000"  # the default topology's recursive node
 
 topology_option = click.option(
     "--topology",
@@ -76,6 +76,24 @@ def serve(name: str, topology_path: Path | None, data_dir: Path) -> None:
 
 
 @main.command()
+@topology_option
+@data_option
+@click.option("--demo/--no-demo", default=True, show_default=True, help="Also register the demo identifiers.")
+@click.option("--wait", "wait_seconds", default=60.0, show_default=True, help="Seconds to wait for the nodes.")
+def seed(topology_path: Path | None, data_dir: Path, demo: bool, wait_seconds: float) -> None:
+    """Register the topology's delegations and hosted prefixes on nodes that are already running
+    (started with `idres serve` or docker compose), with the operators' credentials; idempotent."""
+    from nodes.launcher import seed as run_seed
+    from nodes.topology import load_topology
+
+    try:
+        topology = load_topology(topology_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(run_seed(topology, data_dir, Console(), demo=demo, timeout=wait_seconds))
+
+
+@main.command()
 def topology() -> None:
     """Print the default topology file, to copy and edit."""
     from nodes.topology import DEFAULT_TOPOLOGY
@@ -93,11 +111,27 @@ def _print_resolution(console: Console, handle: str, found: Resolution) -> None:
     path = Table(title="path", show_edge=False)
     for column in ("hop", "node", "answer", "ms"):
         path.add_column(column)
-    for i, hop in enumerate(found.hops, 1):
-        answer = "unreachable" if hop.status == 0 else f"HTTP {hop.status}, responseCode {hop.response_code}"
-        path.add_row(str(i), f"{hop.url} {hop.description}".strip(), answer, f"{hop.ms:.1f}")
-    console.print(path)
     body = found.reply.body
+    rows = [
+        (
+            f"{hop.url} {hop.description}".strip(),
+            "unreachable" if hop.status == 0 else f"HTTP {hop.status}, responseCode {hop.response_code}",
+            f"{hop.ms:.1f}",
+        )
+        for hop in found.hops
+    ]
+    # A recursive node reports the walk it made on our behalf (trace=true): show those hops too.
+    for step in body.get("trace", []) if isinstance(body.get("trace"), list) else []:
+        rows.append(
+            (
+                f"  via {step.get('address', '')} {step.get('node', '')}".rstrip(),
+                f"cache {step.get('cache', '')}{', ' + step['outcome'] if step.get('outcome') else ''}",
+                f"{step.get('ms', 0):.1f}",
+            )
+        )
+    for i, (node, answer, ms) in enumerate(rows, 1):
+        path.add_row(str(i), node, answer, ms)
+    console.print(path)
     if found.reply.response_code != 1:
         console.print(
             f"[red]{handle}: {body.get('message', 'error')} "
@@ -127,6 +161,8 @@ def _print_resolution(console: Console, handle: str, found: Resolution) -> None:
 def resolve(handle: str, server: str, types: tuple[str, ...], indexes: tuple[int, ...], as_json: bool) -> None:
     """Resolve HANDLE, following referrals from SERVER down to the node that holds it."""
     params = [("type", t) for t in types] + [("index", str(i)) for i in indexes]
+    if not as_json:
+        params.append(("trace", "true"))  # a recursive node then says which nodes it asked
 
     async def run() -> Resolution:
         async with aiohttp.ClientSession() as session:

@@ -18,6 +18,7 @@ __all__ = [
     "query_bool",
     "query_ints",
     "read_body",
+    "read_bytes",
     "respond",
 ]
 
@@ -73,10 +74,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 async def read_body(request: web.Request, limit: int) -> Any:
     """Decode the request body, refusing one over ``limit`` bytes before reading it whole."""
+    media = body_media_type(request.headers.get("Content-Type"))
+    return decode(await read_bytes(request, limit), media)
+
+
+async def read_bytes(request: web.Request, limit: int) -> bytes:
+    """The raw request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
     declared = request.content_length
     if declared is not None and declared > limit:
         raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
-    media = body_media_type(request.headers.get("Content-Type"))
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.content.iter_chunked(65_536):
@@ -86,7 +92,7 @@ async def read_body(request: web.Request, limit: int) -> Any:
         chunks.append(chunk)
     if not size:
         raise ProtocolError("the request has no body")
-    return decode(b"".join(chunks), media)
+    return b"".join(chunks)
 
 
 def query_bool(request: web.Request, name: str, default: bool = False) -> bool:

@@ -23,7 +23,7 @@ from resolver.config import NodeSpec, Topology
 from resolver.errors import ConfigError, HandleError
 from resolver.names import prefix_handle
 
-__all__ = ["NodeProcess", "start_nodes", "stop_nodes", "up"]
+__all__ = ["NodeProcess", "seed", "start_nodes", "stop_nodes", "up"]
 
 # A node opens its SQLite file and binds its port in well under a second; 30 s leaves room for a
 # slow disk or a loaded CI machine before we call it broken.
@@ -45,8 +45,6 @@ def start_nodes(topology: Topology, topology_path: Path | None, data_dir: Path) 
     started = []
     env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}
     for spec in topology.nodes.values():
-        if spec.role == "recursive":
-            continue  # the recursive node is not part of this version
         cmd = [sys.executable, "-m", "nodes", "serve", "--node", spec.name, "--data", str(data_dir)]
         if topology_path is not None:
             cmd += ["--topology", str(topology_path)]
@@ -79,6 +77,43 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+async def wait_reachable(session: aiohttp.ClientSession, specs: list[NodeSpec], timeout: float) -> None:
+    """Wait until every node answers /healthz (nodes started by someone else, e.g. docker compose)."""
+    deadline = time.monotonic() + timeout
+    pending = list(specs)
+    while pending:
+        for spec in list(pending):
+            try:
+                async with session.get(spec.url + "/healthz", timeout=aiohttp.ClientTimeout(total=1)) as resp:
+                    if resp.status == 200:
+                        pending.remove(spec)
+            except (aiohttp.ClientError, TimeoutError, OSError):
+                pass
+        if pending and time.monotonic() > deadline:
+            raise ConfigError(f"nodes not reachable after {timeout:.0f} s: " + ", ".join(s.url for s in pending))
+        if pending:
+            await asyncio.sleep(0.2)
+
+
+def seed(topology: Topology, data_dir: Path, console: Console, *, demo: bool, timeout: float) -> int:
+    """Register delegations, hosted prefixes and (optionally) demo data on nodes already running."""
+    secrets = operator_secrets(data_dir.resolve(), [n.name for n in topology.primaries()])
+
+    async def run() -> list[Seeded]:
+        async with aiohttp.ClientSession() as session:
+            await wait_reachable(session, topology.primaries(), timeout)
+            return await register_topology(HandleClient(session), topology, secrets, demo=demo)
+
+    try:
+        done = asyncio.run(run())
+    except (ConfigError, HandleError) as exc:
+        console.print(f"[red]idres seed failed:[/red] {exc}")
+        return 1
+    for item in done:
+        console.print(f"{item.node:16} {item.handle:40} {item.what}")
+    return 0
 
 
 async def wait_healthy(
@@ -119,8 +154,6 @@ def _print_summary(
     for column in ("node", "role", "prefix", "URL", "operator identity"):
         table.add_column(column)
     for spec in topology.nodes.values():
-        if spec.role == "recursive":
-            continue
         role = f"mirror of {spec.mirror_of}" if spec.mirror_of else spec.role
         table.add_row(
             spec.name,
@@ -139,7 +172,11 @@ def _print_summary(
             console.print(f"  {name:16} {secret}")
     console.print(f"Registered: {len(seeded)} delegations, hosted prefixes and demo identifiers.")
     root = topology.roots()[0].url if topology.roots() else "http://127.0.0.1:8100"
+    recursive = next((n for n in topology.nodes.values() if n.role == "recursive"), None)
     console.print("\nTry:")
+    if recursive is not None:
+        console.print(f"  idres resolve {DEMO_CAR} --server {recursive.url}")
+        console.print(f"  curl -s '{recursive.url}/api/handles/{DEMO_CAR}?trace=true'")
     console.print(f"  idres resolve {DEMO_CAR} --server {root}")
     console.print(f"  curl -s {root}/api/handles/0.NA/88.118")
     automaker = next((n for n in topology.primaries() if n.prefix == "88.118.8"), None)

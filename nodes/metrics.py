@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -19,6 +19,9 @@ from nodes.keys import METRICS
 __all__ = ["NodeMetrics", "count_requests", "counter", "gauge", "metrics_handler"]
 
 MetricSource = Callable[[], Iterable[Metric]]
+
+# The *_created series double every counter's output and no dashboard here uses them.
+disable_created_metrics()
 
 
 class _Callback:

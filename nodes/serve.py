@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from nodes.authoritative import AuthoritativeConfig, create_app
+from nodes.recursive import RecursiveConfig, create_recursive_app
 from nodes.secrets import operator_secrets
 from resolver.config import Topology
 from resolver.errors import ConfigError
@@ -57,11 +58,12 @@ def _new_loop() -> asyncio.AbstractEventLoop:
 def serve_node(topology: Topology, name: str, data_dir: Path) -> None:
     """Serve node ``name`` until SIGINT or SIGTERM, then close its database cleanly."""
     spec = topology.node(name)
-    if spec.role == "recursive":
-        raise ConfigError(f"node {name!r} is a recursive node, which this version cannot run yet")
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
-    secret = operator_secrets(data_dir, [spec.mirror_of or name])[spec.mirror_of or name]
-    app = create_app(AuthoritativeConfig(spec, topology, db_path(data_dir, name), secret))
+    if spec.role == "recursive":
+        app = create_recursive_app(RecursiveConfig(spec, topology))
+    else:
+        secret = operator_secrets(data_dir, [spec.mirror_of or name])[spec.mirror_of or name]
+        app = create_app(AuthoritativeConfig(spec, topology, db_path(data_dir, name), secret))
     launcher = os.environ.get(LAUNCHER_PID_ENV, "")
     if launcher.isdigit():
         app.cleanup_ctx.append(_stop_when_orphaned(int(launcher)))

@@ -57,6 +57,14 @@ class Resolution:
     hops: list[Hop] = field(default_factory=list)
 
 
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    return str(exc) or type(exc).__name__
+
+
 class HandleClient:
     """Speaks to nodes with msgpack (DESIGN §4: nodes use msgpack between themselves)."""
 
@@ -73,6 +81,7 @@ class HandleClient:
         params: Sequence[tuple[str, str]] | Mapping[str, str] = (),
         authorization: str | None = None,
         body: Any = None,
+        timeout: float | None = None,
     ) -> Reply:
         headers = {"Accept": MSGPACK}
         if authorization:
@@ -84,7 +93,12 @@ class HandleClient:
         url = base_url.rstrip("/") + path
         try:
             async with self._session.request(
-                method, url, params=params, headers=headers, data=data, timeout=self._timeout
+                method,
+                url,
+                params=params,
+                headers=headers,
+                data=data,
+                timeout=self._timeout if timeout is None else aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 raw = await resp.read()
                 media = MSGPACK if resp.content_type == MSGPACK else "application/json"
@@ -94,9 +108,20 @@ class HandleClient:
                     parsed = {"responseCode": 2, "message": raw[:200].decode("utf-8", "replace")}
                 return Reply(resp.status, parsed if isinstance(parsed, dict) else {"responseCode": 2})
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(
-                f"{method} {url} failed", attempts=[(base_url, str(exc) or type(exc).__name__)]
-            ) from exc
+            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, _reason(exc))]) from exc
+
+    async def forward(
+        self, method: str, base_url: str, path_qs: str, headers: Mapping[str, str], body: bytes | None
+    ) -> tuple[int, str, bytes]:
+        """Pass a client's request through unchanged: (status, content type, body bytes)."""
+        url = base_url.rstrip("/") + path_qs
+        try:
+            async with self._session.request(
+                method, url, headers=headers, data=body, timeout=self._timeout, allow_redirects=False
+            ) as resp:
+                return resp.status, resp.headers.get("Content-Type", "application/json"), await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, _reason(exc))]) from exc
 
     async def get(self, base_url: str, handle: str, **kw: Any) -> Reply:
         return await self.request("GET", base_url, "/api/handles/" + quote(handle, safe=_SAFE), **kw)

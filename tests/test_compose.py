@@ -21,6 +21,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 TOPOLOGY = load_topology()
 NODE_NAMES = list(TOPOLOGY.nodes)
+SEED = "seed"  # the one-shot service that registers delegations and demo data once the nodes are up
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,10 @@ def services() -> dict[str, Any]:
 
 
 def _expected_dependencies(topology: Topology, spec: NodeSpec) -> set[str]:
-    """A child starts after the node it is delegated from, a mirror after its primary."""
+    """A child starts after the node it is delegated from, a mirror after its primary, a recursive node
+    after its root hints."""
+    if spec.role == "recursive":
+        return set(spec.root_hints) or {n.name for n in topology.roots()}
     parent = topology.parent_of(spec)
     deps = {parent.name} if parent is not None else set()
     if spec.mirror_of is not None:
@@ -45,7 +49,14 @@ def _dependencies(service: dict[str, Any]) -> set[str]:
 
 
 def test_one_service_per_topology_node(services: dict[str, Any]) -> None:
-    assert sorted(services) == sorted(NODE_NAMES)
+    assert sorted(services) == sorted([*NODE_NAMES, SEED])
+
+
+def test_seed_registers_once_every_primary_is_healthy(services: dict[str, Any]) -> None:
+    seed = services[SEED]
+    assert seed.get("command") == ["seed", "--data", "/data"]
+    assert seed.get("restart") == "no" and seed.get("network_mode") == "host"
+    assert _dependencies(seed) == {n.name for n in TOPOLOGY.primaries()}
 
 
 def test_dockerfile_runs_idres() -> None:

@@ -70,7 +70,7 @@ def test_default_topology_roots_and_sites(default: Topology) -> None:
 
 
 def test_unknown_node_name(default: Topology) -> None:
-    with pytest.raises(ConfigError, match=r"no node named .nowhere. in the topology \(nodes: chongqing-top, "):
+    with pytest.raises(ConfigError, match=r"no node named .nowhere. in the topology \(nodes: .*chongqing-top, "):
         default.node("nowhere")
 
 

@@ -1,0 +1,208 @@
+"""The recursive resolver's async driver: cache first, then the resolution state machine over a transport.
+
+Everything that decides lives in the sans-IO modules (``cache``, ``resolution``, ``upstream``); this
+module only awaits. It adds what needs a loop: single-flight (concurrent misses for one key share
+one walk), prefetch of hot entries in the background, serve-stale when every upstream fails, and
+background probes that bring a server marked down back as soon as it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+from urllib.parse import quote
+
+from resolver.cache import Cache, Entry, Freshness
+from resolver.client import HandleClient
+from resolver.errors import UpstreamError
+from resolver.names import Handle
+from resolver.resolution import Answer, Failure, Hop, Resolution, classify
+from resolver.sites import SiteServer, site_servers
+from resolver.upstream import Upstreams
+
+__all__ = ["HttpTransport", "RecursiveResolver", "Resolved", "Transport", "TransportError"]
+
+_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class TransportError(Exception):
+    """The server could not be asked: connection refused, reset, timed out."""
+
+
+class Transport(Protocol):
+    """One query to one server; the only I/O the resolver does."""
+
+    async def query(self, url: str, handle: str, timeout: float) -> tuple[int, Mapping[str, Any]]: ...
+
+    async def probe(self, url: str, timeout: float) -> bool: ...
+
+
+class HttpTransport:
+    """The HANDLE.NET REST API over aiohttp, msgpack between nodes."""
+
+    def __init__(self, client: HandleClient) -> None:
+        self._client = client
+
+    async def query(self, url: str, handle: str, timeout: float) -> tuple[int, Mapping[str, Any]]:
+        try:
+            reply = await self._client.request("GET", url, "/api/handles/" + quote(handle, safe=_SAFE), timeout=timeout)
+        except UpstreamError as exc:
+            raise TransportError(exc.attempts[0][1] if exc.attempts else exc.message) from exc
+        return reply.status, reply.body
+
+    async def probe(self, url: str, timeout: float) -> bool:
+        try:
+            reply = await self._client.request("GET", url, "/healthz", timeout=timeout)
+        except UpstreamError:
+            return False
+        return reply.status == 200
+
+
+CacheUse = Literal["hit", "miss", "stale"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    entry: Entry  # ``entry.values`` is None when the handle does not exist
+    cache: CacheUse
+    hops: tuple[Hop, ...] = ()
+
+
+QueryHook = Callable[[str, float, bool], None]  # (server url, seconds, succeeded) for metrics
+
+
+class RecursiveResolver:
+    def __init__(
+        self,
+        roots: Sequence[SiteServer],
+        transport: Transport,
+        *,
+        cache: Cache,
+        upstreams: Upstreams,
+        clock: Callable[[], float] = time.monotonic,
+        on_query: QueryHook | None = None,
+    ) -> None:
+        self.roots = tuple(roots)
+        self.transport = transport
+        self.cache = cache
+        self.upstreams = upstreams
+        self._clock = clock
+        self._on_query = on_query
+        self._inflight: dict[str, asyncio.Task[Resolved]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- resolving ---------------------------------------------------------------------------------
+
+    async def resolve(self, handle: Handle) -> Resolved:
+        """The record for ``handle`` from the cache when fresh, else from upstream (stale if all fail)."""
+        hit = self.cache.lookup(handle.key)
+        if hit is not None:
+            entry, freshness = hit
+            if freshness is Freshness.FRESH:
+                return Resolved(entry, "hit")
+            if freshness is Freshness.PREFETCH:
+                self._spawn(self._shared_walk(handle))  # refresh before it expires; answer now
+                return Resolved(entry, "hit")
+            try:
+                return await self._shared_walk(handle)
+            except UpstreamError:
+                self.cache.served_stale()  # RFC 8767: an expired answer beats no answer
+                return Resolved(entry, "stale")
+        return await self._shared_walk(handle)
+
+    async def locate(self, handle: Handle) -> Resolution:
+        """Walk to the node that answers for ``handle`` (bypassing the answer cache, using cached
+        referrals): its ``primary_servers`` take writes and authoritative reads."""
+        resolution = self._resolution(handle)
+        await self._drive(resolution)
+        self._learn(resolution)
+        if resolution.failed is not None:
+            raise resolution.failed
+        return resolution
+
+    def _shared_walk(self, handle: Handle) -> asyncio.Future[Resolved]:
+        """Single-flight: one walk per key however many clients miss on it at once."""
+        task = self._inflight.get(handle.key)
+        if task is None:
+            task = asyncio.ensure_future(self._walk(handle))
+            self._inflight[handle.key] = task
+            task.add_done_callback(lambda _: self._inflight.pop(handle.key, None))
+        # A client that goes away must not cancel the walk the others are waiting on.
+        return asyncio.shield(task)
+
+    def _resolution(self, handle: Handle) -> Resolution:
+        start = self.cache.closest_referral(handle.zone)
+        return Resolution(
+            handle,
+            self.roots,
+            self.upstreams,
+            start=None if start is None else (start[0], site_servers(start[1])),
+            clock=self._clock,
+        )
+
+    async def _walk(self, handle: Handle) -> Resolved:
+        resolution = self._resolution(handle)
+        await self._drive(resolution)
+        self._learn(resolution)
+        if resolution.failed is not None:
+            raise resolution.failed
+        if isinstance(resolution.result, Answer):
+            entry = self.cache.store_answer(handle.key, resolution.result.values)
+        else:
+            entry = self.cache.store_not_found(handle.key)
+        return Resolved(entry, "miss", tuple(resolution.hops))
+
+    def _learn(self, resolution: Resolution) -> None:
+        for referral in resolution.referrals:
+            self.cache.store_referral(referral.prefix, referral.sites)
+
+    async def _drive(self, resolution: Resolution) -> None:
+        while (query := resolution.next_query()) is not None:
+            started = time.perf_counter()
+            try:
+                status, body = await self.transport.query(query.server.url, query.handle, query.timeout)
+                outcome = classify(status, body)
+            except TransportError as exc:
+                outcome = Failure(str(exc))
+            except TimeoutError:
+                outcome = Failure("timed out")
+            rtt = time.perf_counter() - started
+            resolution.on_outcome(query, outcome, rtt)
+            if self._on_query is not None:
+                self._on_query(query.server.url, rtt, not isinstance(outcome, Failure))
+
+    # -- background work ---------------------------------------------------------------------------
+
+    def _spawn(self, awaitable: Any) -> None:
+        async def quietly() -> None:
+            with contextlib.suppress(UpstreamError):  # a failed prefetch just lets the entry expire
+                await awaitable
+
+        task = asyncio.ensure_future(quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def probe_forever(self) -> None:
+        """Ask every server marked down for ``/healthz`` each probe interval until it answers
+        (CoreDNS forward's health checks): recovery does not wait for client traffic."""
+        interval = self.upstreams.config.probe_interval
+        while True:
+            await asyncio.sleep(interval)
+            for url in self.upstreams.down_servers():
+                started = time.perf_counter()
+                if await self.transport.probe(url, timeout=max(interval, 0.2)):
+                    self.upstreams.success(url, time.perf_counter() - started)
+                else:
+                    self.upstreams.failure(url, "health probe failed")
+
+    async def close(self) -> None:
+        tasks = [*self._background, *self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
