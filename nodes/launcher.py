@@ -206,14 +206,24 @@ def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: 
             console.print(f"[red]idres up failed:[/red] {exc}")
             return 1
         _print_summary(console, topology, data_dir, seeded, secrets)
+        reported: set[str] = set()
         while True:
+            # A node that dies is reported, not fatal: the others keep serving (that is what mirrors
+            # and failover are for), and the operator restarts it with the command shown.
             for node in nodes:
-                if node.process.poll() is not None:
+                if node.process.poll() is not None and node.spec.name not in reported:
+                    reported.add(node.spec.name)
+                    restart = f"idres serve --node {node.spec.name} --data {data_dir}"
+                    if topology_path is not None:
+                        restart += f" --topology {topology_path}"
                     console.print(
-                        f"[red]node {node.spec.name} exited with status {node.process.returncode}"
-                        f"[/red]; its log ends with:\n{_tail(node.log_path)}"
+                        f"[red]node {node.spec.name} exited with status {node.process.returncode}[/red]; "
+                        f"the other nodes keep running. Its log ends with:\n{_tail(node.log_path)}\n"
+                        f"Restart it with: {restart}"
                     )
-                    return 1
+            if len(reported) == len(nodes):
+                console.print("[red]every node has exited[/red]")
+                return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
         console.print("Stopping every node...")

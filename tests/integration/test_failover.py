@@ -1,0 +1,182 @@
+"""Nodes killed under load: the recursive node keeps answering through mirrors, stale data and errors."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from rich.console import Console
+
+from nodes.launcher import NodeProcess, seed, start_nodes, stop_nodes
+from nodes.seed import DEMO_CAR
+from nodes.topology import load_topology
+from resolver.client import basic_auth
+from resolver.config import Topology
+from tests.integration.conftest import copy_topology, get_json
+
+pytestmark = pytest.mark.integration
+
+SECRET = "failover-test-secret"
+SERIALS = 400
+
+
+class Tree:
+    def __init__(self, topology: Topology, path: Path, data: Path, nodes: list[NodeProcess]) -> None:
+        self.topology, self.path, self.data, self.nodes = topology, path, data, nodes
+
+    def url(self, name: str) -> str:
+        return self.topology.node(name).url
+
+    def kill(self, name: str) -> None:
+        node = next(n for n in self.nodes if n.spec.name == name)
+        node.process.send_signal(signal.SIGKILL)
+        node.process.wait(timeout=10)
+
+    def restart(self, name: str) -> None:
+        node = next(n for n in self.nodes if n.spec.name == name)
+        node.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "nodes",
+                "serve",
+                "--node",
+                name,
+                "--topology",
+                str(self.path),
+                "--data",
+                str(self.data),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: get_json(self.url(name) + "/healthz")[0] == 200, f"{name} restarted")
+
+
+def wait_for(check: object, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tree]:
+    monkeypatch.setenv("IDRES_ADMIN_SECRET", SECRET)
+    path = copy_topology(tmp_path / "topology.toml")
+    topology = load_topology(path)
+    data = tmp_path / "data"
+    nodes = start_nodes(topology, path, data)
+    try:
+        assert seed(topology, data, Console(quiet=True), demo=True, timeout=30) == 0
+        yield Tree(topology, path, data, nodes)
+    finally:
+        stop_nodes(nodes)
+
+
+async def _put_serials(top: str) -> None:
+    auth = {"Authorization": basic_auth("300:0.NA/88", SECRET)}
+    async with aiohttp.ClientSession() as session:
+        sem = asyncio.Semaphore(16)
+
+        async def put(i: int) -> None:
+            async with (
+                sem,
+                session.put(
+                    f"{top}/api/handles/88/SERIAL-{i}",
+                    headers=auth,
+                    json={"values": [{"index": 1, "type": "URL", "data": f"https://e.cn/{i}"}]},
+                ) as r,
+            ):
+                assert r.status == 200, await r.text()
+
+        await asyncio.gather(*(put(i) for i in range(SERIALS)))
+
+
+def test_recursive_node_rides_through_the_loss_of_chongqing(tree: Tree) -> None:
+    chongqing, chengdu, recursive = tree.url("chongqing-top"), tree.url("chengdu-top"), tree.url("recursive")
+    asyncio.run(_put_serials(chongqing))
+    wait_for(
+        lambda: (
+            get_json(f"{chengdu}/api/replication/status")[1].get("appliedSeq", 0)
+            >= get_json(f"{chongqing}/healthz")[1]["lastSeq"]
+        ),
+        "chengdu-top to catch up",
+    )
+
+    answered_by: list[str] = []
+    failures: list[tuple[int, object]] = []
+
+    def resolve(i: int) -> None:
+        # Every serial is a new handle: a cache miss the recursive node must take to a top-level node.
+        status, body = get_json(f"{recursive}/api/handles/88/SERIAL-{i}?trace=true")
+        if status != 200:
+            failures.append((status, body))
+            return
+        answered_by.append(body["trace"][-1]["address"])  # type: ignore[index]
+
+    for i in range(100):
+        resolve(i)
+    assert set(answered_by) == {chongqing}, "the primary is preferred while it is healthy"
+    tree.kill("chongqing-top")
+    for i in range(100, 250):
+        resolve(i)
+    assert failures == [], f"{len(failures)} client requests failed: {failures[:3]}"
+    assert set(answered_by[100:]) == {chengdu}, "after the kill the Chengdu mirror answers"
+
+    tree.restart("chongqing-top")
+    # The recursive node probes a server it marked down and takes it back once it answers.
+    deadline = time.monotonic() + 10
+    i = 250
+    while time.monotonic() < deadline and answered_by[-1] != chongqing and i < SERIALS:
+        resolve(i)
+        i += 1
+        time.sleep(0.05)
+    assert failures == []
+    assert answered_by[-1] == chongqing, "the restarted primary is used again"
+
+
+def test_dead_enterprise_node_cached_answers_stay_others_fail_fast(tree: Tree) -> None:
+    recursive, automaker = tree.url("recursive"), tree.url("automaker")
+    status, _ = get_json(f"{recursive}/api/handles/{DEMO_CAR}")
+    assert status == 200
+    status, _ = get_json(f"{recursive}/api/handles/88.118.8/NOT-CACHED-YET-0")  # caches the referral too
+    assert status == 404
+    tree.kill("automaker")
+
+    status, body = get_json(f"{recursive}/api/handles/{DEMO_CAR}")
+    assert status == 200 and body["handle"] == DEMO_CAR, "a cached identifier still answers"
+    started = time.monotonic()
+    status, body = get_json(f"{recursive}/api/handles/88.118.8/NOT-CACHED-1")
+    elapsed = time.monotonic() - started
+    assert 500 <= status < 600 and body["responseCode"] == 2
+    assert automaker.removeprefix("http://") in str(body["message"]), body
+    assert elapsed < 4.0, f"the error took {elapsed:.1f} s; the deadline is 3 s"
+
+
+def test_pyhandle_reads_and_writes_through_the_recursive_node(tree: Tree) -> None:
+    from pyhandle.handleclient import PyHandleClient
+
+    client = PyHandleClient("rest").instantiate_with_username_and_password(
+        tree.url("recursive"), "300:0.NA/88.118.8", SECRET, HTTPS_verify=False
+    )
+    handle = client.register_handle("88.118.8/VIA-RECURSIVE-1", "https://example.cn/r1", MODEL="CQ-EV7")
+    assert client.get_value_from_handle(handle, "MODEL") == "CQ-EV7"
+    client.modify_handle_value(handle, MODEL="CQ-EV9")
+    assert client.retrieve_handle_record(handle)["MODEL"] == "CQ-EV9", "the write invalidated the cached record"
+    status, body = get_json(f"{tree.url('automaker')}/api/handles/{handle}")
+    assert status == 200 and any(v["data"]["value"] == "CQ-EV9" for v in body["values"])  # type: ignore[attr-defined]
+    client.delete_handle(handle)
+    assert client.retrieve_handle_record(handle) is None
