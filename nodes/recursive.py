@@ -131,13 +131,13 @@ async def _forward(request: web.Request, route: Handle, body: bytes | None) -> w
     attempts: list[tuple[str, str]] = []
     for server in located.primary_servers:
         try:
-            status, content_type, data = await request.app[CLIENT].forward(
+            status, passed_back, data = await request.app[CLIENT].forward(
                 request.method, server.url, request.raw_path, headers, body
             )
         except UpstreamError as exc:
             attempts.extend(exc.attempts)
             continue
-        return web.Response(status=status, body=data, headers={"Content-Type": content_type})
+        return web.Response(status=status, body=data, headers=passed_back)
     raise UpstreamError(f"the primary for {route.text} could not be reached", handle=route.text, attempts=attempts)
 
 
@@ -154,13 +154,11 @@ async def write_handle(request: web.Request) -> web.Response:
         if request.method == "PUT"
         else None
     )
-    response = await _forward(request, route, body)
-    if response.status < 300:
-        cache = request.app[RECURSIVE].cache
-        cache.invalidate(route.key)
-        if route.is_prefix_handle:
-            cache.forget_referral(route.zone)
-    return response
+    try:
+        return await _forward(request, route, body)
+    finally:
+        # Even a failed or lost answer may hide a committed write: never keep serving the old record.
+        request.app[RECURSIVE].invalidate(route)
 
 
 async def list_handles(request: web.Request) -> web.Response:
@@ -242,6 +240,7 @@ def create_recursive_app(config: RecursiveConfig) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/api/handles", list_handles)
+    app.router.add_get("/api/handles/", list_handles)
     app.router.add_route("GET", "/api/handles/{handle:.+}", get_handle)
     app.router.add_route("PUT", "/api/handles/{handle:.+}", write_handle)
     app.router.add_route("DELETE", "/api/handles/{handle:.+}", write_handle)

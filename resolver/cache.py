@@ -191,6 +191,12 @@ class Cache:
         """Cache "no such handle" for ``negative_ttl`` (clamped like any TTL), replacing any entry."""
         return self._store(key, None, self.config.negative_ttl)
 
+    def detached_entry(self, key: str, values: Iterable[HandleValue] | None) -> Entry:
+        """An entry built like a stored one but not kept: an answer that may predate a write."""
+        if values is None:
+            return self._entry(key, None, self.config.negative_ttl)
+        return self._entry(key, _public(values), self.config.negative_ttl)
+
     def invalidate(self, key: str) -> None:
         """Forget ``key``: a write through this node changed it (DESIGN §5)."""
         self._entries.pop(key, None)

@@ -57,6 +57,10 @@ class Resolution:
     hops: list[Hop] = field(default_factory=list)
 
 
+# Response headers a forwarded answer keeps: its encoding, and the challenge a 401 must carry.
+_PASSED_BACK = ("Content-Type", "WWW-Authenticate", "Location")
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
@@ -112,14 +116,16 @@ class HandleClient:
 
     async def forward(
         self, method: str, base_url: str, path_qs: str, headers: Mapping[str, str], body: bytes | None
-    ) -> tuple[int, str, bytes]:
-        """Pass a client's request through unchanged: (status, content type, body bytes)."""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Pass a client's request through unchanged: (status, the headers worth passing back, body)."""
         url = base_url.rstrip("/") + path_qs
         try:
             async with self._session.request(
                 method, url, headers=headers, data=body, timeout=self._timeout, allow_redirects=False
             ) as resp:
-                return resp.status, resp.headers.get("Content-Type", "application/json"), await resp.read()
+                passed = {k: resp.headers[k] for k in _PASSED_BACK if k in resp.headers}
+                passed.setdefault("Content-Type", "application/json")
+                return resp.status, passed, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, _reason(exc))]) from exc
 

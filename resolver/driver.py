@@ -19,7 +19,7 @@ from urllib.parse import quote
 from resolver.cache import Cache, Entry, Freshness
 from resolver.client import HandleClient
 from resolver.errors import UpstreamError
-from resolver.names import Handle
+from resolver.names import Handle, parent_prefix
 from resolver.resolution import Answer, Failure, Hop, Resolution, classify
 from resolver.sites import SiteServer, site_servers
 from resolver.upstream import Upstreams
@@ -93,6 +93,8 @@ class RecursiveResolver:
         self._clock = clock
         self._on_query = on_query
         self._inflight: dict[str, asyncio.Task[Resolved]] = {}
+        # Bumped by invalidate(): a walk that began before a write must not cache its older answer.
+        self._generation: dict[str, int] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- resolving ---------------------------------------------------------------------------------
@@ -135,7 +137,9 @@ class RecursiveResolver:
         return asyncio.shield(task)
 
     def _resolution(self, handle: Handle) -> Resolution:
-        start = self.cache.closest_referral(handle.zone)
+        # A prefix handle (0.NA/P) lives with the parent that delegates P, so start above P.
+        zone = parent_prefix(handle.zone) if handle.is_prefix_handle else handle.zone
+        start = self.cache.closest_referral(zone) if zone is not None else None
         return Resolution(
             handle,
             self.roots,
@@ -145,16 +149,33 @@ class RecursiveResolver:
         )
 
     async def _walk(self, handle: Handle) -> Resolved:
+        generation = self._generation.get(handle.key, 0)
         resolution = self._resolution(handle)
         await self._drive(resolution)
         self._learn(resolution)
         if resolution.failed is not None:
             raise resolution.failed
-        if isinstance(resolution.result, Answer):
-            entry = self.cache.store_answer(handle.key, resolution.result.values)
+        values = resolution.result.values if isinstance(resolution.result, Answer) else None
+        if self._generation.get(handle.key, 0) != generation:
+            # A write was acknowledged while we walked: our answer may predate it. Give it to the
+            # clients already waiting, but do not cache it.
+            return Resolved(self.cache.detached_entry(handle.key, values), "miss", tuple(resolution.hops))
+        if values is not None:
+            entry = self.cache.store_answer(handle.key, values)
         else:
             entry = self.cache.store_not_found(handle.key)
         return Resolved(entry, "miss", tuple(resolution.hops))
+
+    def invalidate(self, handle: Handle) -> None:
+        """Forget ``handle`` after a write: its cached entry, any walk in flight, and (for a prefix
+        handle) the cached referral for the prefix it names. Later reads go upstream."""
+        self.cache.invalidate(handle.key)
+        self._generation[handle.key] = self._generation.get(handle.key, 0) + 1
+        if len(self._generation) > 100_000:
+            self._generation.clear()  # bounded; a cleared counter only costs a possibly-stale cache fill
+        self._inflight.pop(handle.key, None)
+        if handle.is_prefix_handle:
+            self.cache.forget_referral(handle.zone)
 
     def _learn(self, resolution: Resolution) -> None:
         for referral in resolution.referrals:
@@ -164,7 +185,9 @@ class RecursiveResolver:
         while (query := resolution.next_query()) is not None:
             started = time.perf_counter()
             try:
-                status, body = await self.transport.query(query.server.url, query.handle, query.timeout)
+                # The transport should honour the timeout; this makes sure of it.
+                async with asyncio.timeout(query.timeout):
+                    status, body = await self.transport.query(query.server.url, query.handle, query.timeout)
                 outcome = classify(status, body)
             except TransportError as exc:
                 outcome = Failure(str(exc))
@@ -194,7 +217,11 @@ class RecursiveResolver:
             await asyncio.sleep(interval)
             for url in self.upstreams.down_servers():
                 started = time.perf_counter()
-                if await self.transport.probe(url, timeout=max(interval, 0.2)):
+                try:
+                    healthy = await self.transport.probe(url, timeout=max(interval, 0.2))
+                except Exception:  # a broken probe must not end probing for every server
+                    healthy = False
+                if healthy:
                     self.upstreams.success(url, time.perf_counter() - started)
                 else:
                     self.upstreams.failure(url, "health probe failed")
