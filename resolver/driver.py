@@ -119,11 +119,25 @@ class RecursiveResolver:
     async def locate(self, handle: Handle) -> Resolution:
         """Walk to the node that answers for ``handle`` (bypassing the answer cache, using cached
         referrals): its ``primary_servers`` take writes and authoritative reads."""
+        return await self._run(handle)
+
+    async def _run(self, handle: Handle) -> Resolution:
+        """Drive one resolution; if it fails, retry once from an expired but deeper referral
+        (RFC 8767 applied to delegations: the enterprise node may well be up while the top is not)."""
         resolution = self._resolution(handle)
+        assert resolution is not None
         await self._drive(resolution)
         self._learn(resolution)
         if resolution.failed is not None:
-            raise resolution.failed
+            left = resolution.time_left()
+            retry = self._resolution(handle, allow_stale=True, deadline=left) if left > 0 else None
+            if retry is None:
+                raise resolution.failed
+            await self._drive(retry)
+            self._learn(retry)
+            if retry.failed is not None:
+                raise resolution.failed
+            return retry
         return resolution
 
     def _shared_walk(self, handle: Handle) -> asyncio.Future[Resolved]:
@@ -136,25 +150,31 @@ class RecursiveResolver:
         # A client that goes away must not cancel the walk the others are waiting on.
         return asyncio.shield(task)
 
-    def _resolution(self, handle: Handle) -> Resolution:
+    def _resolution(
+        self, handle: Handle, *, allow_stale: bool = False, deadline: float | None = None
+    ) -> Resolution | None:
+        """A resolution starting at the closest cached referral; with ``allow_stale``, only one that
+        starts from an expired referral deeper than the fresh one (else None: nothing new to try)."""
         # A prefix handle (0.NA/P) lives with the parent that delegates P, so start above P.
         zone = parent_prefix(handle.zone) if handle.is_prefix_handle else handle.zone
         start = self.cache.closest_referral(zone) if zone is not None else None
+        if allow_stale:
+            stale = self.cache.closest_referral(zone, allow_stale=True) if zone is not None else None
+            if stale is None or (start is not None and len(stale[0]) <= len(start[0])):
+                return None
+            start = stale
         return Resolution(
             handle,
             self.roots,
             self.upstreams,
             start=None if start is None else (start[0], site_servers(start[1])),
             clock=self._clock,
+            deadline=deadline,
         )
 
     async def _walk(self, handle: Handle) -> Resolved:
         generation = self._generation.get(handle.key, 0)
-        resolution = self._resolution(handle)
-        await self._drive(resolution)
-        self._learn(resolution)
-        if resolution.failed is not None:
-            raise resolution.failed
+        resolution = await self._run(handle)
         values = resolution.result.values if isinstance(resolution.result, Answer) else None
         if self._generation.get(handle.key, 0) != generation:
             # A write was acknowledged while we walked: our answer may predate it. Give it to the

@@ -241,12 +241,14 @@ class Resolution:
         start: tuple[str, Sequence[SiteServer]] | None = None,
         max_referrals: int = MAX_REFERRALS,
         clock: Callable[[], float] = time.monotonic,
+        deadline: float | None = None,
     ) -> None:
         self.handle = handle
         self.upstreams = upstreams
         self.max_referrals = max_referrals
         self._clock = clock
-        self.deadline = upstreams.config.deadline
+        # ``deadline`` lets a retry share what is left of the client's budget instead of a fresh one.
+        self.deadline = upstreams.config.deadline if deadline is None else deadline
         self._deadline_at = clock() + self.deadline
         if start is None:
             self._step = _Step(None, _http_only(roots))

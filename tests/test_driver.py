@@ -365,6 +365,19 @@ async def test_beyond_the_stale_window_the_error_names_every_server_tried() -> N
     assert "top-level node" in caught.value.message
 
 
+async def test_expired_referrals_are_used_when_the_tree_above_is_unreachable() -> None:
+    # RFC 8767 for delegations: the top and secondary are down, the enterprise node is up, and the
+    # referral to it has expired but is inside the stale window: a new handle still resolves.
+    resolver, fake, clock = make(CacheConfig(max_ttl=100, stale_window=3600))
+    await resolver.resolve(parse_handle(VIN))
+    clock.advance(150)
+    fake.refusing |= {s.url for s in (*ROOTS, SECONDARY)}
+    fake.calls.clear()
+    resolved = await resolver.resolve(parse_handle(VIN2))
+    assert resolved.cache == "miss" and resolved.entry.values is not None
+    assert [url for url, _ in fake.calls] == [CHONGQING.url, CHENGDU.url, CARMAKER.url]
+
+
 # -- failover, health and probes -------------------------------------------------------------------------
 
 
