@@ -17,6 +17,7 @@ from nodes.federation import remote_verifier
 from nodes.http import error_middleware, handle_from_path, query_bool, query_int, query_ints, read_body, respond
 from nodes.keys import AUTHORITY, CLIENT, CONFIG, METRICS, REPLICATION
 from nodes.metrics import NodeMetrics, count_requests, gauge, metrics_handler
+from nodes.promotion import stored_role
 from nodes.replication import setup_replication
 from resolver.client import HandleClient
 from resolver.config import DEFAULT_LIMITS, Limits, NodeSpec, Topology
@@ -103,15 +104,17 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     roots = [n.url for n in config.topology.roots()]
 
     try:
+        # A stored role (a promotion or demotion) wins over the topology: nodes.promotion.
+        mirror = config.spec.is_mirror or await stored_role(store) == "mirror"
         authority = Authority(
             config.spec,
             store,
             config.limits,
-            read_only=config.spec.is_mirror,
+            read_only=mirror,
             remote_verifier=remote_verifier(client, roots),
         )
         await authority.start()
-        if not config.spec.is_mirror:
+        if not mirror:  # a promoted mirror holds its primary's prefix handle already
             await ensure_own_prefix_handle(authority, config.topology, config.operator_secret)
         app[AUTHORITY] = authority
         app[CLIENT] = client
@@ -240,7 +243,7 @@ async def healthz(request: web.Request) -> web.Response:
             "node": spec.name,
             "role": spec.role,
             "prefix": spec.prefix,
-            "mirror": spec.is_mirror,
+            "mirror": request.app[REPLICATION].role == "mirror",  # a stored role wins over the topology
             "lastSeq": await authority.store.last_seq(),
             "operator": str(authority.operator),
         },

@@ -110,6 +110,15 @@ class Authority:
         self.store = store
         self.limits = limits
         self.read_only = read_only
+        self.read_only_message: str | None = None  # why writes are refused, when it is not "a mirror"
+        # Called after every write to the store through this object (even a failed or cancelled one:
+        # a shielded transaction may still commit), e.g. to wake replication long-polls.
+        self.on_commit: list[Callable[[], None]] = []
+        # Awaited before a client write is considered (e.g. a restarted primary checking its peers).
+        self.before_write: list[Callable[[], Awaitable[None]]] = []
+        # Awaited with the seq of each client write after it committed and before it is acknowledged,
+        # outside the write lock (e.g. waiting for a mirror); an exception fails the request instead.
+        self.before_ack: list[Callable[[int], Awaitable[None]]] = []
         self.zone = Zone(own=spec.prefix)
         self.operator = Identity(300, prefix_handle(spec.prefix), prefix_handle(spec.prefix))
         self._clock = clock
@@ -257,12 +266,36 @@ class Authority:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    def _writable(self, handle: Handle) -> None:
-        if self.read_only:
-            raise ReadOnly(
-                f"{self.spec.name} is a mirror and refuses writes; send them to its primary", handle=handle.text
-            )
+    async def _writable(self, handle: Handle) -> None:
+        for gate in self.before_write:
+            await gate()
+        self._refuse_if_read_only(handle)
         self._check_route(handle, writing=True)
+
+    def _refuse_if_read_only(self, handle: Handle) -> None:
+        if self.read_only:
+            default = f"{self.spec.name} is a mirror and refuses writes; send them to its primary"
+            raise ReadOnly(self.read_only_message or default, handle=handle.text)
+
+    async def set_read_only(self, message: str | None) -> None:
+        """Refuse writes from now on, saying ``message``, or accept them again (None).
+
+        Waits for a write in progress, so none commits after this returns under the old setting."""
+        async with self._write_lock:
+            self.read_only, self.read_only_message = message is not None, message
+
+    async def _commit(self, writes: Sequence[Write]) -> int:
+        try:
+            return await self.store.write(writes)
+        finally:
+            for hook in self.on_commit:
+                hook()
+
+    async def _acknowledge(self, result: WriteResult) -> WriteResult:
+        if result.seq:
+            for hook in self.before_ack:
+                await hook(result.seq)
+        return result
 
     async def put(
         self,
@@ -274,7 +307,7 @@ class Authority:
         identity: Identity | None,
     ) -> WriteResult:
         """PUT /api/handles/...: create or replace the record, or add/replace only ``indexes``."""
-        self._writable(handle)
+        await self._writable(handle)
         if identity is None:
             raise AuthenticationNeeded(
                 f"writing {handle.text} needs credentials (Basic INDEX%3AHANDLE:secret)", handle=handle.text
@@ -287,6 +320,7 @@ class Authority:
             )
         values = await asyncio.to_thread(hash_secret_values, values)
         async with self._write_lock:
+            self._refuse_if_read_only(handle)  # again: the node may have been demoted meanwhile
             current = await self.store.get(handle.key)
             if indexes is None:
                 if current is None:
@@ -312,9 +346,9 @@ class Authority:
                     a.same_content(b) for a, b in zip(new, current.values, strict=True)
                 ):
                     return WriteResult(handle.text, created, 0)  # nothing changed: nothing to log
-            seq = await self.store.write([Write(handle.key, new)])
+            seq = await self._commit([Write(handle.key, new)])
             self._after_write(handle, current, new)
-        return WriteResult(handle.text, created, seq)
+        return await self._acknowledge(WriteResult(handle.text, created, seq))
 
     async def mint(self, prefix_text: str, values: tuple[HandleValue, ...], identity: Identity | None) -> WriteResult:
         """PUT with ``mintNewSuffix=true``: create a handle whose suffix ends in a fresh random UUID."""
@@ -322,7 +356,7 @@ class Authority:
         return await self.put(handle, values, overwrite=False, indexes=None, identity=identity)
 
     async def delete(self, handle: Handle, *, indexes: Sequence[int] | None, identity: Identity | None) -> WriteResult:
-        self._writable(handle)
+        await self._writable(handle)
         if identity is None:
             raise AuthenticationNeeded(f"deleting {handle.text} needs credentials", handle=handle.text)
         if handle.is_prefix_handle and handle.zone == self.zone.own and not indexes:
@@ -330,6 +364,7 @@ class Authority:
                 f"{handle.text} is this node's own prefix handle and cannot be deleted", handle=handle.text
             )
         async with self._write_lock:
+            self._refuse_if_read_only(handle)
             current = await self.store.get(handle.key)
             if current is None:
                 raise HandleNotFound(f"{handle.text} does not exist", handle=handle.text)
@@ -341,14 +376,14 @@ class Authority:
                 remove = Perm.DELETE_DERIVED_PREFIX if handle.is_prefix_handle else Perm.DELETE_HANDLE
                 await self._require(identity, {remove}, handle, current)
                 new = None
-            seq = await self.store.write([Write(handle.key, new)])
+            seq = await self._commit([Write(handle.key, new)])
             self._after_write(handle, current, new)
-        return WriteResult(handle.text, False, seq)
+        return await self._acknowledge(WriteResult(handle.text, False, seq))
 
     async def apply_replicated(self, writes: Sequence[Write]) -> int:
         """Apply writes copied from this node's primary (a mirror's only way to change)."""
         async with self._write_lock:
-            seq = await self.store.write(writes)
+            seq = await self._commit(writes)
             for w in writes:
                 if w.key.startswith(PREFIX_NA + "/"):
                     self.zone.learn(w.key.partition("/")[2], w.values)

@@ -1,21 +1,33 @@
 """Pull replication: every node serves its change log and a snapshot; a mirror copies, then follows.
 
-Endpoints (changes and snapshot are operator-only, ``300:0.NA/<prefix>``, as they carry non-public
-values such as hashed HS_SECKEY; status is public):
+Endpoints (changes, snapshot and promote are operator-only, ``300:0.NA/<prefix>``, as they carry
+non-public values such as hashed HS_SECKEY or change the node's role; status is public):
 
-- ``GET /api/replication/changes?after=SEQ&limit=N&wait=SECONDS`` -> ``{"responseCode": 1, "lastSeq": L,
-  "changes": [{"seq", "key", "op": "put"|"delete", "values"}]}``, seq > after in order (limit 1000 by
-  default, at most 10000; ``lastSeq`` >= every seq in the page). With ``wait`` (at most 30 s) and
-  nothing new it long-polls until a write commits or the wait ends.
+- ``GET /api/replication/changes?after=SEQ&limit=N&wait=SECONDS[&node=NAME&epoch=E]`` ->
+  ``{"responseCode": 1, "lastSeq": L, "epoch", "changes": [{"seq", "key", "op": "put"|"delete",
+  "values"}]}``, seq > after in order (limit 1000 by default, at most 10000; ``lastSeq`` >= every seq
+  in the page). With ``wait`` (at most 30 s) and nothing new it long-polls until a write commits or
+  the wait ends. A mirror adds its name and epoch: its ``after`` is then its acknowledgement that it
+  has applied everything up to ``after`` (counted for a peer of this node at this node's epoch).
 - ``GET /api/replication/snapshot[?after_key=KEY]`` -> a stream of maps (msgpack objects back to back,
-  or NDJSON lines): ``{"responseCode": 1, "lastSeq": L, "node"}``, then ``{"key", "values"}`` per record
-  in (prefix, key) order after ``after_key`` (to resume a cut stream), then ``{"responseCode": 1,
-  "done": true, "count": N}``; no trailer means cut short, ``{"responseCode": 2, "message"}`` failed.
-  L is read before any key is listed, so replaying the changes after L converges: puts and deletes
-  carry whole records, so they are idempotent and the last one for a key wins.
-- ``GET /api/replication/status`` -> role, node, lastSeq (of this node's own log); on a mirror also
-  appliedSeq (the primary's seq applied), snapshotSeq, primary, connected, lagSeconds (0 while
-  connected and caught up, else seconds since it last was, null if never) and lastError.
+  or NDJSON lines): ``{"responseCode": 1, "lastSeq": L, "epoch", "node"}``, then ``{"key", "values"}``
+  per record in (prefix, key) order after ``after_key`` (to resume a cut stream), then
+  ``{"responseCode": 1, "done": true, "count": N}``; no trailer means cut short,
+  ``{"responseCode": 2, "message"}`` failed. L is read before any key is listed, so replaying the
+  changes after L converges: puts and deletes carry whole records, so they are idempotent and the
+  last one for a key wins. Every stored record is sent, whatever its prefix, so that equal data
+  gives equal digests.
+- ``GET /api/replication/status[?digest=false]`` -> role, node, epoch, writable, roleSource
+  ("topology", or "promoted"/"demoted": a stored role, which wins over the topology; ``note`` then
+  says how it differs), lastSeq (of this node's own log), records and digest (``Storage.digest``:
+  SHA-256 over every key and values blob in key order; O(records), cached until the next write;
+  ``digest=false`` skips it), ``message`` when writes are refused. A primary adds ``syncMirrors`` and
+  ``mirrors``: per mirror that polled it, ``appliedSeq``, ``lagSeq`` and ``seenSecondsAgo``. A
+  mirror adds appliedSeq (the upstream's seq applied), snapshotSeq, primary (URL), primaryNode,
+  primaryEpoch, connected, lagSeq, lagSeconds (0 while connected and caught up, else seconds since it
+  last was, null if never) and lastError.
+- ``POST /api/replication/promote`` -> ``{"responseCode": 1, "role": "primary", "epoch": N}``: see
+  ``nodes.promotion`` (roles, epochs, peer checks, sync_mirrors).
 
 Values: in msgpack (between nodes, DESIGN §4) ``values`` is one ``bin`` blob, exactly
 ``codec.pack_values`` output, so a mirror stores bit for bit what the primary holds, unvalidated and
@@ -30,21 +42,18 @@ import logging
 import math
 import time
 from bisect import bisect_right
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-import msgpack
 from aiohttp import web
 
-from nodes.http import query_int, respond
+from nodes.http import query_bool, query_int, respond
 from nodes.keys import AUTHORITY, CONFIG, REPLICATION
-from resolver.client import HandleClient, basic_auth
-from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, pack_values, unpack_values
+from nodes.mirror import APPLIED_SEQ, SNAPSHOT_SEQ, MirrorState, meta_int
+from nodes.promotion import ChangeFeed, Replication
+from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, pack_values
 from resolver.errors import AuthenticationNeeded, HandleError, PermissionDenied, ProtocolError
-from resolver.names import PREFIX_NA, prefix_handle
-from resolver.storage import Change, Storage, Write
+from resolver.storage import Change
 from resolver.values import HandleValue, value_to_wire
 
 if TYPE_CHECKING:
@@ -57,80 +66,10 @@ log = logging.getLogger("idres.replication")
 DEFAULT_LIMIT = 1_000
 MAX_LIMIT = 10_000
 MAX_WAIT = 30.0
-# A long-poll also rereads the log this often, so writes that bypass this process's store object
-# (another process on the same database file) are still seen within a second.
+# A long-poll also rereads the log this often, so writes that bypass the Authority (another process
+# on the same database file, or a direct store.write) are still seen within a second.
 RECHECK_SECONDS = 1.0
-POLL_WAIT = 20  # what a mirror asks for: long enough to idle cheaply, well under MAX_WAIT
-POLL_PAGE = 1_000  # a page is unpacked and repacked on the primary's event loop: keep it short
-SNAPSHOT_CHUNK = 500  # records per get_many on the primary and per apply_replicated on the mirror
-SNAPSHOT_READ_TIMEOUT = 60.0  # silence mid-stream longer than this means the primary is gone
-BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
-APPLIED_SEQ = "applied_seq"  # meta: the primary's last seq this mirror has applied
-SNAPSHOT_SEQ = "snapshot_seq"  # meta: lastSeq of the first snapshot attempt; replay starts there
-
-
-class ReplicationError(Exception):
-    """The primary's answer cannot be used; the mirror logs it and tries again later."""
-
-
-class ChangeFeed:
-    """Wakes long-polls when a write commits: each write sets the current event and starts a new one."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.closing = False
-
-    def notify(self) -> None:
-        self.event.set()
-        self.event = asyncio.Event()
-
-    def close(self) -> None:
-        """The node is shutting down: answer every long-poll now rather than hold up the shutdown."""
-        self.closing = True
-        self.notify()
-
-
-class _NotifyingStorage:
-    """The node's ``Storage`` with one addition: every write, whoever makes it, wakes the feed."""
-
-    def __init__(self, inner: Storage, feed: ChangeFeed) -> None:
-        self._inner = inner
-        self._feed = feed
-
-    async def write(self, writes: Sequence[Write]) -> int:
-        try:
-            return await self._inner.write(writes)
-        finally:
-            # Even when the caller was cancelled: the shielded transaction may still have committed.
-            self._feed.notify()
-
-    def __getattr__(self, name: str) -> Any:
-        # Everything else goes straight through, including methods Storage gains later.
-        return getattr(self._inner, name)
-
-
-@dataclass(slots=True)
-class MirrorState:
-    """What a mirror's puller knows about its link to the primary, for the status endpoint."""
-
-    primary: str  # URL
-    connected: bool = False
-    caught_up: bool = False
-    synced_at: float | None = None  # time.monotonic() when it last knew it had everything
-    last_error: str | None = None
-
-    def lag_seconds(self) -> float | None:
-        if self.connected and self.caught_up:
-            return 0.0
-        return None if self.synced_at is None else round(time.monotonic() - self.synced_at, 3)
-
-
-@dataclass(slots=True)
-class Replication:
-    """Per-app replication state (room for epochs, acknowledgements and digests later)."""
-
-    feed: ChangeFeed = field(default_factory=ChangeFeed)
-    mirror: MirrorState | None = None
+SNAPSHOT_CHUNK = 500  # records per get_many
 
 
 # -- serving: every authoritative node ---------------------------------------------------------
@@ -168,7 +107,11 @@ async def get_changes(request: web.Request) -> web.Response:
     if after < 0 or limit < 0 or not 0 <= wait < math.inf:
         raise ProtocolError("after, limit and wait must not be negative")
     limit, wait = min(limit, MAX_LIMIT), min(wait, MAX_WAIT)
-    feed = request.app[REPLICATION].feed
+    replication = request.app[REPLICATION]
+    node, epoch = request.query.get("node"), query_int(request, "epoch")
+    if node and epoch == replication.epoch and any(peer.name == node for peer in replication.peers):
+        replication.acks.report(node, after)  # a mirror's `after` is what it has applied
+    feed = replication.feed
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
@@ -183,28 +126,19 @@ async def get_changes(request: web.Request) -> web.Response:
             await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_SECONDS))
     last = max(await authority.store.last_seq(), found[-1].seq if found else 0)
     packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
-    body = {"responseCode": 1, "lastSeq": last, "changes": [_change_body(c, packed) for c in found]}
+    body = {
+        "responseCode": 1,
+        "lastSeq": last,
+        "epoch": replication.epoch,
+        "changes": [_change_body(c, packed) for c in found],
+    }
     return respond(request, 200, body)
-
-
-async def _prefixes(authority: Authority) -> list[str]:
-    """Every prefix under which this node can hold records, sorted (the snapshot's order).
-
-    A record can only be written under a prefix this node serves: its own, a hosted one (configured,
-    or a prefix handle without HS_SITE), and 0.NA itself. Delegated ones are added for records left
-    from before a delegation. Records under a prefix whose prefix handle was deleted are unreachable
-    and are not copied (Storage has no listing across prefixes).
-    """
-    _, na_keys = await authority.store.list_keys(PREFIX_NA)
-    zone = authority.zone
-    found = {PREFIX_NA, zone.own, *authority.spec.hosts, *zone.hosted, *zone.delegated}
-    found.update(key.partition("/")[2] for key in na_keys)
-    return sorted(found)
 
 
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
     authority = await _operator(request)
-    feed = request.app[REPLICATION].feed
+    replication = request.app[REPLICATION]
+    feed = replication.feed
     after_key = request.query.get("after_key", "")
     after_prefix = after_key.partition("/")[0]
     packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
@@ -214,12 +148,13 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
 
     store = authority.store
     last = await store.last_seq()  # before listing: see the module docstring
-    prefixes = await _prefixes(authority)
+    prefixes = await store.prefixes()  # every record is copied, so digests can be compared
     response = web.StreamResponse(headers={"Content-Type": MSGPACK if packed else NDJSON})
     await response.prepare(request)
     count = 0
     try:
-        await response.write(frame({"responseCode": 1, "lastSeq": last, "node": authority.spec.name}))
+        head = {"responseCode": 1, "lastSeq": last, "epoch": replication.epoch, "node": authority.spec.name}
+        await response.write(frame(head))
         for prefix in prefixes:
             if after_key and prefix < after_prefix:
                 continue
@@ -248,202 +183,66 @@ async def get_snapshot(request: web.Request) -> web.StreamResponse:
 
 
 async def get_status(request: web.Request) -> web.Response:
-    authority = request.app[AUTHORITY]
-    spec = authority.spec
+    authority, replication = request.app[AUTHORITY], request.app[REPLICATION]
+    store = authority.store
+    last = await store.last_seq()
     body: dict[str, Any] = {
         "responseCode": 1,
-        "role": "mirror" if spec.is_mirror else "primary",
-        "node": spec.name,
-        "lastSeq": await authority.store.last_seq(),
+        "role": replication.role,
+        "node": authority.spec.name,
+        "epoch": replication.epoch,
+        "writable": not authority.read_only,
+        "roleSource": replication.role_source,
+        "lastSeq": last,
     }
-    state = request.app[REPLICATION].mirror
-    if state is not None:
-        applied = await authority.store.get_meta(APPLIED_SEQ)
-        snapshot = await authority.store.get_meta(SNAPSHOT_SEQ)
+    note = replication.note()
+    if note:
+        body["note"] = note
+    if authority.read_only:
+        body["message"] = authority.read_only_message
+    if query_bool(request, "digest", default=True):
+        body["records"], body["digest"] = await store.digest()
+    state = replication.mirror
+    if replication.role == "primary":
+        now = time.monotonic()
+        body["syncMirrors"] = replication.sync
+        body["mirrors"] = {
+            name: {"appliedSeq": seq, "lagSeq": max(last - seq, 0), "seenSecondsAgo": round(now - seen, 3)}
+            for name, (seq, seen) in sorted(replication.acks.applied.items())
+        }
+    elif state is not None:
+        applied = await meta_int(store, APPLIED_SEQ)
         body.update(
-            appliedSeq=None if applied is None else int(applied),
-            snapshotSeq=None if snapshot is None else int(snapshot),
+            appliedSeq=applied,
+            snapshotSeq=await meta_int(store, SNAPSHOT_SEQ),
             primary=state.primary,
+            primaryNode=state.name,
+            primaryEpoch=state.primary_epoch,
             connected=state.connected,
+            lagSeq=None if state.primary_seq is None else max(state.primary_seq - (applied or 0), 0),
             lagSeconds=state.lag_seconds(),
             lastError=state.last_error,
         )
     return respond(request, 200, body)
 
 
-# -- pulling: a mirror -----------------------------------------------------------------------------
-
-
-def _write_of(item: dict[str, Any]) -> Write:
-    """The Write a replicated ``{"key", "values"[, "op"]}`` item stands for (values: a pack_values blob)."""
-    key, values = item.get("key"), item.get("values")
-    if not isinstance(key, str):
-        raise ReplicationError(f"replicated item without a key: {str(item)[:200]}")
-    if item.get("op") == "delete":
-        return Write(key, None)
-    if not isinstance(values, bytes):
-        raise ReplicationError(f"replicated put of {key!r} carries no packed values")
-    return Write(key, unpack_values(values))
-
-
-async def _stream_items(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
-    """The msgpack maps of a streamed body, decoded as the bytes arrive."""
-    unpacker = msgpack.Unpacker(raw=False)
-    async for chunk in resp.content.iter_chunked(65_536):
-        unpacker.feed(chunk)
-        for item in unpacker:
-            if not isinstance(item, dict):
-                raise ReplicationError(f"snapshot: unexpected item {str(item)[:200]}")
-            yield item
-
-
-class Mirror:
-    """A mirror's background puller: copy a snapshot once, then follow the primary's change log."""
-
-    def __init__(self, authority: Authority, state: MirrorState, session: aiohttp.ClientSession, auth: str) -> None:
-        self._authority = authority
-        self._state = state
-        self._session = session
-        self._auth = auth
-        # The long-poll holds the request open for POLL_WAIT; allow for that plus a slow answer.
-        self._client = HandleClient(session, timeout=POLL_WAIT + 10)
-        self._resume_key = ""  # the last snapshot key applied, so a cut stream resumes after it
-        self._delay = BACKOFF_MIN
-
-    async def run(self) -> None:
-        store = self._authority.store
-        while True:
-            try:
-                if await store.get_meta(APPLIED_SEQ) is None:
-                    await self._copy_snapshot()
-                await self._follow()
-            except Exception as exc:  # keep replicating whatever went wrong; reads never stop
-                message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if message != self._state.last_error:  # once per new problem, not once per retry
-                    expected = isinstance(exc, ReplicationError | HandleError | aiohttp.ClientError | OSError)
-                    log.warning("replication from %s: %s", self._state.primary, message, exc_info=not expected)
-                self._state.connected = self._state.caught_up = False
-                self._state.last_error = message
-            await asyncio.sleep(self._delay)
-            self._delay = min(self._delay * 2, BACKOFF_MAX)
-
-    def _reached(self, *, caught_up: bool) -> None:
-        """The primary answered: reset the backoff and note whether this mirror has everything."""
-        self._delay = BACKOFF_MIN
-        self._state.connected, self._state.caught_up, self._state.last_error = True, caught_up, None
-        if caught_up:
-            self._state.synced_at = time.monotonic()
-
-    async def _copy_snapshot(self) -> None:
-        store = self._authority.store
-        params = {"after_key": self._resume_key} if self._resume_key else {}
-        headers = {"Accept": MSGPACK, "Authorization": self._auth}
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=SNAPSHOT_READ_TIMEOUT)
-        url = self._state.primary + "/api/replication/snapshot"
-        stream = self._session.get(url, params=params, headers=headers, timeout=timeout)
-        async with stream as resp, contextlib.aclosing(_stream_items(resp)) as items:
-            if resp.status != 200 or resp.content_type != MSGPACK:
-                raise ReplicationError(f"snapshot: HTTP {resp.status}: {(await resp.read())[:300]!r}")
-            header = await anext(items, None)
-            last = header.get("lastSeq") if header else None
-            if header is None or header.get("responseCode") != 1 or not isinstance(last, int):
-                raise ReplicationError(f"snapshot: bad header {str(header)[:200]}")
-            base_text = await store.get_meta(SNAPSHOT_SEQ)
-            if base_text is None:
-                # Replay starts at the first attempt's lastSeq even if this one is cut and retried:
-                # a record copied then and deleted since is only removed by replaying that delete.
-                await store.set_meta(SNAPSHOT_SEQ, str(last))
-            base = last if base_text is None else min(int(base_text), last)
-            self._reached(caught_up=False)
-            batch: list[Write] = []
-            received = 0
-            cut = "the stream ended before its end marker"
-            try:
-                async for item in items:
-                    if "key" in item:
-                        batch.append(_write_of(item))
-                        received += 1
-                        if len(batch) >= SNAPSHOT_CHUNK:
-                            await self._apply_snapshot(batch)
-                            batch = []
-                    elif item.get("done") is True and item.get("count") == received:
-                        await self._apply_snapshot(batch)
-                        await store.set_meta(APPLIED_SEQ, str(base))
-                        self._resume_key = ""
-                        log.info("copied a snapshot of %d records from %s", received, self._state.primary)
-                        return
-                    else:
-                        cut = f"the primary reported {str(item)[:200]}"
-                        break
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                cut = f"{type(exc).__name__}: {exc}"
-            # Cut short: the records that did arrive are whole, so keep them and resume after the last.
-            await self._apply_snapshot(batch)
-        raise ReplicationError(f"snapshot after {received} records: {cut}")
-
-    async def _apply_snapshot(self, batch: list[Write]) -> None:
-        if batch:
-            await self._authority.apply_replicated(batch)
-            self._resume_key = batch[-1].key
-
-    async def _follow(self) -> None:
-        store = self._authority.store
-        applied = int(await store.get_meta(APPLIED_SEQ) or 0)
-        while True:
-            params = {"after": str(applied), "limit": str(POLL_PAGE), "wait": str(POLL_WAIT)}
-            reply = await self._client.request(
-                "GET", self._state.primary, "/api/replication/changes", params=params, authorization=self._auth
-            )
-            if reply.status != 200 or reply.response_code != 1:
-                raise ReplicationError(f"changes: HTTP {reply.status}: {reply.body.get('message', reply.body)}")
-            last, items = reply.body.get("lastSeq"), reply.body.get("changes")
-            if not isinstance(last, int) or not isinstance(items, list):
-                raise ReplicationError(f"changes: malformed answer {str(reply.body)[:200]}")
-            writes: list[Write] = []
-            seq = applied
-            for item in items:
-                ok = isinstance(item, dict) and item.get("op") in ("put", "delete") and isinstance(item.get("seq"), int)
-                if not ok or item["seq"] <= seq:
-                    raise ReplicationError(f"changes: bad or out-of-order item after seq {seq}: {str(item)[:200]}")
-                writes.append(_write_of(item))
-                seq = item["seq"]
-            if writes:
-                await self._authority.apply_replicated(writes)
-                # A crash here, before applied_seq moves, makes the next start fetch and apply this
-                # page again: harmless, since whole-record puts and deletes replayed in order end in
-                # the same state.
-                await store.set_meta(APPLIED_SEQ, str(seq))
-                applied = seq
-            if last < applied:
-                # The primary's log is behind ours (restored from an old backup?): epochs will settle
-                # this; until then keep the data and say so.
-                raise ReplicationError(f"the primary's lastSeq {last} is behind the applied seq {applied}")
-            self._reached(caught_up=applied >= last)
+async def post_promote(request: web.Request) -> web.Response:
+    """Make this node the writable primary (see ``nodes.promotion``); the operator only."""
+    await _operator(request)
+    epoch = await request.app[REPLICATION].promote()
+    return respond(request, 200, {"responseCode": 1, "role": "primary", "epoch": epoch})
 
 
 # -- wiring ----------------------------------------------------------------------------------------
 
 
 async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
-    authority, config, replication = app[AUTHORITY], app[CONFIG], app[REPLICATION]
-    authority.store = _NotifyingStorage(authority.store, replication.feed)
-    task: asyncio.Task[None] | None = None
-    session: aiohttp.ClientSession | None = None
-    if config.spec.mirror_of is not None:
-        primary = config.topology.node(config.spec.mirror_of)
-        replication.mirror = state = MirrorState(primary.url)
-        auth = basic_auth(f"300:{prefix_handle(config.spec.prefix or '')}", config.operator_secret)
-        session = aiohttp.ClientSession()
-        task = asyncio.create_task(Mirror(authority, state, session, auth).run(), name=f"replicate-{primary.name}")
+    replication = app[REPLICATION]
     try:
+        await replication.start(app[AUTHORITY], app[CONFIG])
         yield
     finally:
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if session is not None:
-            await session.close()
+        await replication.stop()
 
 
 async def _wake_long_polls(app: web.Application) -> None:
@@ -451,11 +250,12 @@ async def _wake_long_polls(app: web.Application) -> None:
 
 
 def setup_replication(app: web.Application) -> None:
-    """Add the replication endpoints and, on a mirror, the task that pulls from the primary."""
+    """Add the replication endpoints and the task that follows another node or checks the peers."""
     app[REPLICATION] = Replication()
     app.router.add_get("/api/replication/changes", get_changes)
     app.router.add_get("/api/replication/snapshot", get_snapshot)
     app.router.add_get("/api/replication/status", get_status)
+    app.router.add_post("/api/replication/promote", post_promote)
     # on_shutdown runs before aiohttp waits for open requests: a 30 s long-poll must not hold it up.
     app.on_shutdown.append(_wake_long_polls)
     # After _storage_ctx (create_app calls this last), so the store and authority exist here.

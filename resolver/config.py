@@ -59,6 +59,8 @@ class NodeSpec:
     mirror_of: str | None = None  # the primary this node mirrors (it then shares its prefix)
     root_hints: tuple[str, ...] = ()  # for a recursive node: the top-level nodes to start from
     description: str = ""
+    # A primary acknowledges a write only once a mirror has applied it (the topology's sync_mirrors).
+    sync_mirrors: bool = False
 
     @property
     def url(self) -> str:
@@ -142,7 +144,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
     where = f"node {name!r}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    known = {"role", "prefix", "listen", "hosts", "mirror_of", "root_hints", "description"}
+    known = {"role", "prefix", "listen", "hosts", "mirror_of", "root_hints", "description", "sync_mirrors"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
@@ -151,16 +153,19 @@ def _node(name: str, raw: Any) -> NodeSpec:
     if mirror_of is not None:
         if not isinstance(mirror_of, str):
             raise ConfigError(f"{where}: mirror_of must be the name of a node, not {mirror_of!r}")
-        inherited = sorted({"role", "prefix", "hosts", "root_hints"} & set(raw))
+        inherited = sorted({"role", "prefix", "hosts", "root_hints", "sync_mirrors"} & set(raw))
         if inherited:
-            raise ConfigError(f"{where}: a mirror takes its role, prefix and hosts from its primary; "
-                              f"remove {', '.join(inherited)}")
+            raise ConfigError(f"{where}: a mirror takes its role, prefix and hosts from its primary (and "
+                              f"sync_mirrors is set there); remove {', '.join(inherited)}")
     role = raw.get("role", "top" if mirror_of else None)
     if role not in ROLES:
         raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
+    sync_mirrors = raw.get("sync_mirrors", False)
+    if not isinstance(sync_mirrors, bool):
+        raise ConfigError(f"{where}: sync_mirrors must be true or false, not {sync_mirrors!r}")
     if role == "recursive":
-        if "prefix" in raw:
-            raise ConfigError(f"{where}: a recursive node owns no prefix")
+        if "prefix" in raw or "sync_mirrors" in raw:
+            raise ConfigError(f"{where}: a recursive node owns no prefix and has no mirrors")
         hints = _str_list(raw.get("root_hints", []), f"{where} root_hints")
         return NodeSpec(name, role, host, port, root_hints=hints, description=str(raw.get("description", "")))
     prefix = None if mirror_of else _prefix(raw.get("prefix"), where)
@@ -177,6 +182,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
         hosts=hosts,
         mirror_of=mirror_of if isinstance(mirror_of, str) else None,
         description=str(raw.get("description", "")),
+        sync_mirrors=sync_mirrors,
     )
 
 
@@ -211,6 +217,8 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
                 f"nodes {seen[(node.host, node.port)]!r} and {node.name!r} both listen on {node.host}:{node.port}"
             )
         seen[(node.host, node.port)] = node.name
+        if node.sync_mirrors and not any(n.mirror_of == node.name for n in nodes.values()):
+            raise ConfigError(f"node {node.name!r}: sync_mirrors is set but no node has mirror_of = {node.name!r}")
         if node.prefix is not None and not node.is_mirror:
             for p in (node.prefix, *node.hosts):
                 if p in owners:

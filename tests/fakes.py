@@ -9,7 +9,7 @@ from typing import Literal
 from resolver.codec import pack_values, unpack_values
 from resolver.errors import HandleError
 from resolver.records import Record
-from resolver.storage.base import Change, Write
+from resolver.storage.base import Change, Write, digest_records
 
 __all__ = ["MemoryStorage"]
 
@@ -71,6 +71,10 @@ class MemoryStorage:
         end = None if limit is None else start + max(limit, 0)
         return len(keys), keys[start:end]
 
+    async def prefixes(self) -> list[str]:
+        self._check_open()
+        return sorted({k.partition("/")[0] for k in self._records})
+
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
         self._check_open()
         start = max(after, 0)  # seqs run 1, 2, 3... with no gaps, so seq n is at position n - 1
@@ -86,6 +90,10 @@ class MemoryStorage:
     async def count(self) -> int:
         self._check_open()
         return len(self._records)
+
+    async def digest(self) -> tuple[int, str]:
+        self._check_open()
+        return digest_records((k, self._records[k]) for k in sorted(self._records))
 
     async def get_meta(self, name: str) -> str | None:
         self._check_open()

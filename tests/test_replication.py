@@ -13,12 +13,14 @@ import msgpack
 import pytest
 from aiohttp import ClientSession, web
 
+from nodes import promotion
 from nodes.authoritative import AuthoritativeConfig, create_app
 from nodes.keys import AUTHORITY
 from resolver.codec import pack_values, unpack_values
 from resolver.config import Topology
 from resolver.records import Record
-from resolver.values import value_from_wire
+from resolver.storage import SQLiteStorage, Write
+from resolver.values import HandleValue, value_from_wire
 from tests.conftest import OPERATOR_SECRET, auth, free_port, topology_of
 
 OP = "300:0.NA/88"
@@ -29,14 +31,12 @@ def url_value(url: str) -> list[dict[str, Any]]:
     return [{"index": 1, "type": "URL", "data": {"format": "string", "value": url}}]
 
 
-def two_nodes() -> Topology:
+def two_nodes(*, sync: bool = False) -> Topology:
     """A primary owning 88 and a mirror of it, on free ports."""
-    return topology_of(
-        {
-            "primary": {"role": "top", "prefix": "88", "listen": f"127.0.0.1:{free_port()}"},
-            "mirror": {"mirror_of": "primary", "listen": f"127.0.0.1:{free_port()}"},
-        }
-    )
+    primary: dict[str, Any] = {"role": "top", "prefix": "88", "listen": f"127.0.0.1:{free_port()}"}
+    if sync:
+        primary["sync_mirrors"] = True
+    return topology_of({"primary": primary, "mirror": {"mirror_of": "primary", "listen": f"127.0.0.1:{free_port()}"}})
 
 
 class Node:
@@ -59,10 +59,14 @@ class Node:
             await self.runner.cleanup()
             self.runner = None
 
+    @property
+    def app(self) -> web.Application:
+        assert self.runner is not None, f"{self.name} is not running"
+        return self.runner.app
+
     async def records(self) -> dict[str, Record]:
         """Every record the node stores (under 0.NA and 88, all this topology has)."""
-        assert self.runner is not None
-        store = self.runner.app[AUTHORITY].store
+        store = self.app[AUTHORITY].store
         keys = [k for prefix in ("0.NA", "88") for k in (await store.list_keys(prefix))[1]]
         return await store.get_many(keys)
 
@@ -94,6 +98,12 @@ class Node:
         result: dict[str, Any] = body
         return result
 
+    async def promote(self, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        return await self.call("POST", "/api/replication/promote", headers=auth(OP) if headers is None else headers)
+
+    async def writable(self) -> bool:
+        return bool((await self.status())["writable"])
+
 
 async def eventually(check: Callable[[], Awaitable[bool]], within: float, what: str) -> float:
     """Poll ``check`` until it holds; fail after ``within`` seconds. Returns how long it took."""
@@ -117,11 +127,29 @@ class Pair:
         code, _ = await self.mirror.call("GET", f"/api/handles/{handle}")
         return code == status
 
+    async def same_digest(self) -> bool:
+        primary, mirror = await self.primary.status(), await self.mirror.status()
+        return bool(primary["digest"] == mirror["digest"]) and mirror["appliedSeq"] == primary["lastSeq"]
+
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[Pair]:
     """A primary owning 88 and a mirror of it, on free ports, neither started yet."""
-    topology = two_nodes()
+    async for pair in _pair_of(two_nodes(), tmp_path):
+        yield pair
+
+
+@pytest.fixture
+async def sync_pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """Like ``pair``, with sync_mirrors = true on the primary."""
+    async for pair in _pair_of(two_nodes(sync=True), tmp_path):
+        await pair.primary.start()
+        await pair.mirror.start()
+        await eventually(pair.in_sync, 5, "the mirror catches up with an empty primary")
+        yield pair
+
+
+async def _pair_of(topology: Topology, tmp_path: Path) -> AsyncIterator[Pair]:
     async with ClientSession() as session:
         pair = Pair(
             Node("primary", topology, tmp_path / "primary.sqlite3", session),
@@ -160,7 +188,8 @@ async def test_a_write_on_the_primary_resolves_on_the_mirror_within_a_second(pai
     status = await pair.mirror.status()
     assert status["role"] == "mirror" and status["primary"] == pair.primary.url
     assert status["connected"] is True and status["lagSeconds"] == 0.0
-    assert (await pair.primary.status())["role"] == "primary"
+    primary = await pair.primary.status()
+    assert primary["role"] == "primary"
 
 
 async def test_a_delete_replicates(pair: Pair) -> None:
@@ -385,3 +414,134 @@ async def test_a_cut_snapshot_resumes_where_it_stopped_and_replays_from_the_firs
         finally:
             await mirror.stop()
             await runner.cleanup()
+
+
+# -- status, digests and epochs ----------------------------------------------------------------------
+
+
+async def test_status_reports_roles_epochs_sequence_numbers_lag_and_a_digest(pair: Pair) -> None:
+    await pair.primary.put("88/x", url_value("https://example.cn/x"))
+    await eventually(pair.same_digest, 2, "the mirror holds what the primary holds")
+    primary, mirror = await pair.primary.status(), await pair.mirror.status()
+    assert primary["role"] == "primary" and primary["epoch"] == 0 and primary["writable"] is True
+    assert primary["roleSource"] == "topology" and "note" not in primary and primary["syncMirrors"] is False
+    assert primary["records"] == mirror["records"] == 2 and len(primary["digest"]) == 64
+    assert primary["mirrors"]["mirror"]["appliedSeq"] == primary["lastSeq"] == 2  # what it polled after
+    assert primary["mirrors"]["mirror"]["lagSeq"] == 0
+    assert mirror["role"] == "mirror" and mirror["epoch"] == 0 and mirror["writable"] is False
+    assert mirror["primaryNode"] == "primary" and mirror["primaryEpoch"] == 0 and mirror["lagSeq"] == 0
+    assert "primary" in mirror["message"] and mirror["message"].endswith(pair.primary.url)
+    # The mirror's own log holds what it applied: a node can be followed by a mirror of its own.
+    assert mirror["lastSeq"] >= 2
+    _, light = await pair.primary.call("GET", "/api/replication/status", params={"digest": "false"})
+    assert "digest" not in light and light["epoch"] == 0
+
+
+async def test_after_10000_writes_the_two_digests_are_equal(pair: Pair) -> None:
+    primary = pair.primary
+    gate = asyncio.Semaphore(32)
+
+    async def put(n: int) -> None:
+        async with gate:
+            code, _ = await primary.put(f"88/w-{n:05}", url_value(f"https://example.cn/{n}"))
+            assert code in (200, 201)
+
+    # 1,000 through HTTP, concurrently; HTTP alone would take ~20 s here, so the other 9,000 go
+    # straight into the primary's store by batches (seen by the long-poll's once-a-second recheck).
+    http = asyncio.gather(*(put(n) for n in range(1_000)))
+    store = primary.app[AUTHORITY].store
+    for start in range(1_000, 10_000, 500):
+        values = [(HandleValue(1, "URL", "string", f"https://example.cn/{n}"),) for n in range(start, start + 500)]
+        await store.write([Write(f"88/w-{n:05}", v) for n, v in enumerate(values, start)])
+    await http
+    for n in range(0, 10_000, 500):  # some deletes and overwrites through HTTP too
+        code, _ = await primary.call("DELETE", f"/api/handles/88/w-{n:05}", headers=auth(OP))
+        assert code == 200
+        await primary.put(f"88/w-{n + 1:05}", url_value("https://example.cn/overwritten"))
+    assert (await primary.status())["lastSeq"] == 1 + 10_000 + 40
+
+    await eventually(pair.same_digest, 10, "the mirror's digest equals the primary's")
+    primary_status, mirror_status = await primary.status(), await pair.mirror.status()
+    assert primary_status["records"] == mirror_status["records"] == 1 + 10_000 - 20
+    assert primary_status["digest"] == mirror_status["digest"]
+    assert await primary.records() == await pair.mirror.records()
+    # A digest tells a difference: one more record on the mirror's side only, and they differ.
+    await pair.mirror.app[AUTHORITY].store.write([Write("88/extra", None), Write("88/extra", ())])
+    assert (await pair.mirror.status())["digest"] != primary_status["digest"]
+
+
+async def test_a_mirror_refuses_data_from_a_node_at_a_lower_epoch(nodes: Pair) -> None:
+    store = await SQLiteStorage.open(nodes.mirror.db)
+    await store.set_meta("epoch", "3")  # as if it had followed a primary promoted three times since
+    await store.close()
+    await nodes.primary.start()
+    await nodes.mirror.start()
+
+    async def refused() -> bool:
+        error = (await nodes.mirror.status())["lastError"]
+        return bool(error) and "epoch 0, below this node's 3" in error
+
+    await eventually(refused, 5, "the mirror refuses the lower epoch")
+    status = await nodes.mirror.status()
+    assert status["epoch"] == 3 and status["appliedSeq"] is None and status["connected"] is False
+    assert status["records"] == 0
+    code, _ = await nodes.mirror.call("GET", "/api/handles/0.NA/88")
+    assert code == 404, "nothing of the superseded node was applied"
+    # And the primary, seeing a peer at a newer epoch than its own, stops taking writes.
+    await eventually(lambda: _not(nodes.primary.writable()), promotion.PEER_CHECK_SECONDS + 2, "the primary yields")
+    code, body = await nodes.primary.put("88/x", url_value("https://example.cn/x"))
+    assert (code, body["responseCode"]) == (503, 7) and "mirror (epoch 3)" in body["message"]
+
+
+async def _not(check: Awaitable[bool]) -> bool:
+    return not await check
+
+
+# -- sync_mirrors -----------------------------------------------------------------------------------
+
+
+async def test_with_sync_mirrors_an_acknowledged_write_is_already_on_the_mirror(sync_pair: Pair) -> None:
+    primary, mirror = sync_pair.primary, sync_pair.mirror
+    for n in range(20):
+        code, _ = await primary.put(f"88/s-{n}", url_value(f"https://example.cn/s-{n}"))
+        assert code in (200, 201)
+        code, body = await mirror.call("GET", f"/api/handles/88/s-{n}")  # no waiting: it is there
+        assert (code, body["values"][0]["data"]["value"]) == (200, f"https://example.cn/s-{n}")
+    code, _ = await primary.call("DELETE", "/api/handles/88/s-0", headers=auth(OP))
+    assert code == 200
+    code, _ = await mirror.call("GET", "/api/handles/88/s-0")
+    assert code == 404
+
+    gate = asyncio.Semaphore(16)  # concurrent sync writes share the mirror's round trips
+
+    async def put(n: int) -> None:
+        async with gate:
+            code, _ = await primary.put(f"88/c-{n}", url_value(f"https://example.cn/c-{n}"))
+            assert code in (200, 201)
+            code, _ = await mirror.call("GET", f"/api/handles/88/c-{n}")
+            assert code == 200
+
+    await asyncio.gather(*(put(n) for n in range(100)))
+    status = await primary.status()
+    assert status["syncMirrors"] is True and status["mirrors"]["mirror"]["appliedSeq"] == status["lastSeq"]
+
+
+async def test_with_sync_mirrors_and_the_mirror_down_a_write_fails_within_the_timeout(
+    sync_pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(promotion, "SYNC_ACK_TIMEOUT", 1.0)
+    primary = sync_pair.primary
+    await sync_pair.mirror.stop()
+    started = time.monotonic()
+    code, body = await primary.put("88/unconfirmed", url_value("https://example.cn/unconfirmed"))
+    took = time.monotonic() - started
+    assert (code, body["responseCode"]) == (503, 2) and 0.9 <= took < 2.0
+    assert "committed on primary" in body["message"] and "no mirror confirmed it within 1 s" in body["message"]
+    # Committed all the same: the primary serves it, and the mirror gets it when it returns.
+    code, _ = await primary.call("GET", "/api/handles/88/unconfirmed")
+    assert code == 200
+    await sync_pair.mirror.start()
+    await eventually(lambda: sync_pair.resolves_on_mirror("88/unconfirmed"), 5, "the mirror gets it on its return")
+    code, _ = await primary.put("88/confirmed", url_value("https://example.cn/confirmed"))
+    assert code in (200, 201)
+    assert await sync_pair.resolves_on_mirror("88/confirmed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from resolver.codec import pack_values
 from resolver.errors import HandleError
 from resolver.records import Record
 from resolver.storage.base import Storage, Write
@@ -371,6 +373,59 @@ async def test_close_is_idempotent_and_later_use_fails_cleanly(storage: Storage)
         await storage.write([Write("88.118.8/b", url(2))])
     with pytest.raises(HandleError, match="storage error"):
         await storage.set_meta("x", "y")
+
+
+# -- digest and prefixes ---------------------------------------------------------------------------
+
+
+async def test_prefixes_lists_each_prefix_holding_a_record_once(storage: Storage) -> None:
+    assert await storage.prefixes() == []
+    await storage.write([Write(k, url(k)) for k in ("88/a", "88.118/b", "0.NA/88", "88/c", "88.118.8/d")])
+    await storage.write([Write("88.118.8/d", None)])
+    assert await storage.prefixes() == ["0.NA", "88", "88.118"]
+
+
+async def test_digest_covers_every_record_and_not_the_order_of_writes(storage: Storage) -> None:
+    empty = (0, hashlib.sha256().hexdigest())
+    assert await storage.digest() == empty
+    await storage.write([Write("88/b", url(2)), Write("88/a", url(1)), Write("0.NA/88", EVERY_FORMAT)])
+    count, first = await storage.digest()
+    assert count == 3 and len(first) == 64
+    assert await storage.digest() == (3, first)  # nothing changed, same answer
+    await storage.write([Write("88/a", url("changed"))])
+    assert (await storage.digest())[1] != first  # a new value changes it at once
+    await storage.write([Write("88/a", url(1))])
+    assert await storage.digest() == (3, first)  # the same records again, whatever the log says
+    await storage.write([Write("88/c", url(3)), Write("88/c", None)])
+    assert await storage.digest() == (3, first)
+    await storage.write([Write(k, None) for k in ("88/a", "88/b", "0.NA/88")])
+    assert await storage.digest() == empty
+
+
+async def test_digest_is_sha256_over_length_prefixed_keys_and_blobs_in_key_order(storage: Storage) -> None:
+    records = {"88/x": url("x"), "88.1/y": url("y"), "88/é": url("e")}  # "88.1/y" sorts before "88/x"
+    await storage.write([Write(k, v) for k, v in records.items()])
+    expected = hashlib.sha256()
+    for key in sorted(records):
+        raw, blob = key.encode(), pack_values(records[key])
+        expected.update(len(raw).to_bytes(4, "big") + raw + len(blob).to_bytes(4, "big") + blob)
+    assert await storage.digest() == (3, expected.hexdigest())
+
+
+async def test_sqlite_and_memory_agree_on_the_digest(tmp_path: Path) -> None:
+    sqlite = await SQLiteStorage.open(tmp_path / "handles.db")
+    memory = MemoryStorage()
+    try:
+        rng = random.Random(7)
+        for _ in range(20):
+            batch = [Write(f"88.{rng.randrange(3)}/{rng.randrange(50)}", url(rng.randrange(9))) for _ in range(30)]
+            batch += [Write(f"88.{rng.randrange(3)}/{rng.randrange(50)}", None) for _ in range(5)]
+            await sqlite.write(batch)
+            await memory.write(batch)
+        assert await sqlite.digest() == await memory.digest()
+        assert await sqlite.prefixes() == await memory.prefixes()
+    finally:
+        await sqlite.close()
 
 
 # -- SQLite only -----------------------------------------------------------------------------------

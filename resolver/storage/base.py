@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from resolver.records import Record
 from resolver.values import HandleValue
 
-__all__ = ["Change", "Storage", "Write"]
+__all__ = ["Change", "Storage", "Write", "digest_records"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,22 @@ class Change:
     timestamp: int  # seconds since the epoch, when it was committed
 
 
+def digest_records(records: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
+    """(count, SHA-256 hex) over ``(key, packed values)`` pairs given in key order (``Storage.digest``).
+
+    Each record adds its UTF-8 key and its ``codec.pack_values`` blob, each preceded by its length
+    (4 bytes, big-endian), so no two different record sets hash the same input. Key order is code
+    point order, which for UTF-8 is byte order: what SQLite's ``ORDER BY key`` gives.
+    """
+    digest = hashlib.sha256()
+    count = 0
+    for key, blob in records:
+        raw = key.encode("utf-8")
+        digest.update(b"".join((len(raw).to_bytes(4, "big"), raw, len(blob).to_bytes(4, "big"), blob)))
+        count += 1
+    return count, digest.hexdigest()
+
+
 class Storage(Protocol):
     """Records keyed by canonical handle (``Handle.key``, e.g. ``88.118.8/VIN-001`` or ``0.NA/88.118``).
 
@@ -50,6 +67,10 @@ class Storage(Protocol):
         """(total count, one page of keys sorted) of the records whose key is ``prefix + "/..."``."""
         ...
 
+    async def prefixes(self) -> list[str]:
+        """Every prefix (the part of a key before its first "/") some record is stored under, sorted."""
+        ...
+
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
         """Change-log entries with ``seq > after`` in order, at most ``limit``."""
         ...
@@ -57,6 +78,13 @@ class Storage(Protocol):
     async def last_seq(self) -> int: ...
 
     async def count(self) -> int: ...
+
+    async def digest(self) -> tuple[int, str]:
+        """(record count, ``digest_records`` of every record): equal data gives equal digests.
+
+        O(records): every record is read and hashed; implementations may cache it until the next write.
+        """
+        ...
 
     async def get_meta(self, name: str) -> str | None: ...
 

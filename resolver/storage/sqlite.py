@@ -15,7 +15,7 @@ import aiosqlite
 from resolver.codec import pack_values, unpack_values
 from resolver.errors import HandleError
 from resolver.records import Record
-from resolver.storage.base import Change, Write
+from resolver.storage.base import Change, Write, digest_records
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -69,6 +69,21 @@ def _storage_error(exc: BaseException) -> HandleError:
     return HandleError(f"storage error: {exc}")
 
 
+def _digest_file(location: str) -> tuple[int, int, str]:
+    """(last seq, count, digest) of the database at ``location``, read in one transaction."""
+    conn = sqlite3.connect(location, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("BEGIN")
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
+        count, digest = digest_records(conn.execute("SELECT key, vals FROM handles ORDER BY key"))
+        conn.execute("COMMIT")
+        return (int(row[0]) if row else 0), count, digest
+    finally:
+        conn.close()
+
+
 class SQLiteStorage:
     """``Storage`` on one SQLite file in WAL mode: one connection writes, another reads.
 
@@ -85,6 +100,7 @@ class SQLiteStorage:
         # this lock.
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self._digest: tuple[int, int, str] | None = None  # (last_seq it was computed at, count, digest)
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> SQLiteStorage:
@@ -183,6 +199,15 @@ class SQLiteStorage:
         total = await self._read("SELECT count(*) FROM handles WHERE prefix = ?", (prefix,))
         return int(total[0][0]), []
 
+    async def prefixes(self) -> list[str]:
+        # A skip-scan of the (prefix, key) index: one probe per distinct prefix, not one per record.
+        rows = await self._read(
+            "WITH RECURSIVE p(prefix) AS (SELECT min(prefix) FROM handles UNION ALL "
+            "SELECT (SELECT min(prefix) FROM handles WHERE prefix > p.prefix) FROM p WHERE p.prefix IS NOT NULL) "
+            "SELECT prefix FROM p WHERE prefix IS NOT NULL"
+        )
+        return [str(row[0]) for row in rows]
+
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
         rows = await self._read(
             "SELECT seq, key, op, vals, ts FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -198,6 +223,23 @@ class SQLiteStorage:
     async def count(self) -> int:
         rows = await self._read("SELECT count(*) FROM handles")
         return int(rows[0][0])
+
+    async def digest(self) -> tuple[int, str]:
+        """Cached until the next write (keyed by ``last_seq``: every write appends to the log).
+
+        Computed in a worker thread on a connection of its own, one statement in one read
+        transaction, so the O(records) pass stalls neither the event loop nor other reads.
+        """
+        seq = await self.last_seq()
+        if self._digest is not None and self._digest[0] == seq:
+            return self._digest[1], self._digest[2]
+        rows = await self._read("SELECT file FROM pragma_database_list WHERE name = 'main'")
+        try:
+            computed = await asyncio.to_thread(_digest_file, str(rows[0][0]))
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from exc
+        self._digest = computed
+        return computed[1], computed[2]
 
     async def get_meta(self, name: str) -> str | None:
         rows = await self._read("SELECT value FROM meta WHERE name = ?", (name,))
