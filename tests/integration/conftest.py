@@ -40,8 +40,9 @@ class Running:
 
 def idres(*args: str, timeout: float = 30, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the `idres` CLI exactly as a user would (the console script of this environment)."""
-    return subprocess.run([sys.executable, "-m", "nodes", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "nodes", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def copy_topology(dest: Path) -> Path:
@@ -60,6 +61,17 @@ def urls_of(topology: Path | None) -> dict[str, str]:
 def get_json(url: str) -> tuple[int, dict[str, object]]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def request(
+    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, object]]:
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from nodes.seed import DEMO_CAR
 from nodes.topology import load_topology
 from resolver.client import basic_auth
 from resolver.config import Topology
-from tests.integration.conftest import copy_topology, get_json
+from tests.integration.conftest import copy_topology, get_json, request
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +181,46 @@ def test_pyhandle_reads_and_writes_through_the_recursive_node(tree: Tree) -> Non
     assert status == 200 and any(v["data"]["value"] == "CQ-EV9" for v in body["values"])  # type: ignore[attr-defined]
     client.delete_handle(handle)
     assert client.retrieve_handle_record(handle) is None
+
+
+def _status(url: str) -> dict[str, object]:
+    return get_json(f"{url}/api/replication/status")[1]
+
+
+def test_mirror_digest_matches_after_10000_writes(tree: Tree) -> None:
+    chongqing, chengdu = tree.url("chongqing-top"), tree.url("chengdu-top")
+
+    async def write_many() -> None:
+        auth = {"Authorization": basic_auth("300:0.NA/88", SECRET)}
+        async with aiohttp.ClientSession() as session:
+            sem = asyncio.Semaphore(32)
+
+            async def put(i: int) -> None:
+                body = {"values": [{"index": 1, "type": "URL", "data": f"https://e.cn/{i}"}]}
+                async with sem, session.put(f"{chongqing}/api/handles/88/BULK-{i}", headers=auth, json=body) as r:
+                    assert r.status == 200, await r.text()
+
+            await asyncio.gather(*(put(i) for i in range(10_000)))
+
+    asyncio.run(write_many())
+    wait_for(lambda: _status(chengdu).get("digest") == _status(chongqing).get("digest"), "equal digests", 30)
+    primary, mirror = _status(chongqing), _status(chengdu)
+    assert primary["records"] == mirror["records"] and int(primary["records"]) > 10_000  # type: ignore[call-overload]
+
+
+def test_promote_chengdu_then_the_old_primary_refuses_writes(tree: Tree) -> None:
+    chongqing, chengdu = tree.url("chongqing-top"), tree.url("chengdu-top")
+    auth = {"Authorization": basic_auth("300:0.NA/88", SECRET), "Content-Type": "application/json"}
+    body = json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://after.cn"}]}).encode()
+    tree.kill("chongqing-top")
+    status, answer = request("POST", f"{chengdu}/api/replication/promote", b"", auth)
+    assert status == 200 and answer["role"] == "primary", answer
+    status, answer = request("PUT", f"{chengdu}/api/handles/88/AFTER-PROMOTION", body, auth)
+    assert status == 200, answer
+
+    tree.restart("chongqing-top")
+    status, answer = request("PUT", f"{chongqing}/api/handles/88/SPLIT-BRAIN", body, auth)
+    assert status == 503 and answer["responseCode"] == 7, answer
+    # The old primary follows the new one.
+    wait_for(lambda: get_json(f"{chongqing}/api/handles/88/AFTER-PROMOTION")[0] == 200, "the old primary to follow")
+    assert get_json(f"{chengdu}/api/handles/88/SPLIT-BRAIN")[0] == 404

@@ -13,22 +13,12 @@ from pyhandle.handleexceptions import HandleAuthenticationError, HandleNotFoundE
 
 from nodes.seed import DEMO_CAR, DEMO_PACK
 from resolver.client import basic_auth
-from tests.integration.conftest import Running, copy_topology, get_json, idres, node_pids, start_up, stop
+from tests.integration.conftest import Running, copy_topology, get_json, idres, node_pids, request, start_up, stop
 
 pytestmark = pytest.mark.integration
 
 AUTOMAKER = "http://127.0.0.1:8300"
 BATTERYMAKER = "http://127.0.0.1:8310"
-
-
-def request(method: str, url: str, body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
-    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_resolve_walks_top_secondary_enterprise(topology_up: Running) -> None:
