@@ -60,7 +60,7 @@ def serve_node(topology: Topology, name: str, data_dir: Path) -> None:
     spec = topology.node(name)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     if spec.role == "recursive":
-        app = create_recursive_app(RecursiveConfig(spec, topology))
+        app = create_recursive_app(RecursiveConfig(spec, topology, cache=spec.cache, upstream=spec.upstream))
     else:
         secret = operator_secrets(data_dir, [spec.mirror_of or name])[spec.mirror_of or name]
         app = create_app(AuthoritativeConfig(spec, topology, db_path(data_dir, name), secret))

@@ -7,11 +7,14 @@ Only the CLI and launcher read files, the environment or argv; they build these 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeVar
 
+from resolver.cache import DEFAULT_CACHE_CONFIG, CacheConfig
 from resolver.errors import ConfigError
+from resolver.limits import DEFAULT_LIMITS, Limits
 from resolver.names import is_under, parse_prefix
+from resolver.upstream import DEFAULT_UPSTREAM_CONFIG, UpstreamConfig
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -24,26 +27,6 @@ __all__ = [
 
 Role = Literal["top", "secondary", "enterprise", "recursive"]
 ROLES: tuple[Role, ...] = ("top", "secondary", "enterprise", "recursive")
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Size limits on what clients send; each refusal names the limit."""
-
-    # 64 KiB for one value's data: large enough for a certificate chain or a JSON document, small
-    # enough that a record stays far below HANDLE.NET's 256 KiB message limit with a few values.
-    max_value_bytes: int = 65_536
-    # HANDLE.NET's protocol caps a message at 262,144 bytes; a record must fit in one answer.
-    max_record_bytes: int = 262_144
-    # A Handle record is a short list of typed values; thousands means a client bug.
-    max_values: int = 1_000
-    # The SNMS API caps value types at 128 characters.
-    max_type_length: int = 128
-    # A single-record request body: the record limit plus JSON overhead.
-    max_body_bytes: int = 1_048_576
-
-
-DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +44,9 @@ class NodeSpec:
     description: str = ""
     # A primary acknowledges a write only once a mirror has applied it (the topology's sync_mirrors).
     sync_mirrors: bool = False
+    # A recursive node's [nodes.NAME.cache] and [nodes.NAME.upstream] tables.
+    cache: CacheConfig = DEFAULT_CACHE_CONFIG
+    upstream: UpstreamConfig = DEFAULT_UPSTREAM_CONFIG
 
     @property
     def url(self) -> str:
@@ -140,11 +126,42 @@ def _str_list(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+_Settings = TypeVar("_Settings", CacheConfig, UpstreamConfig)
+
+
+def _settings(kind: type[_Settings], raw: Any, where: str) -> _Settings:
+    """A frozen settings object from a TOML table of numbers; unknown keys and bad values are named."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table of settings")
+    known = {f.name for f in fields(kind)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown settings {sorted(unknown)} (known: {sorted(known)})")
+    for key, value in raw.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: {key} must be a number, not {value!r}")
+    try:
+        return kind(**raw)
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
 def _node(name: str, raw: Any) -> NodeSpec:
     where = f"node {name!r}"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table")
-    known = {"role", "prefix", "listen", "hosts", "mirror_of", "root_hints", "description", "sync_mirrors"}
+    known = {
+        "role",
+        "prefix",
+        "listen",
+        "hosts",
+        "mirror_of",
+        "root_hints",
+        "description",
+        "sync_mirrors",
+        "cache",
+        "upstream",
+    }
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
@@ -155,8 +172,10 @@ def _node(name: str, raw: Any) -> NodeSpec:
             raise ConfigError(f"{where}: mirror_of must be the name of a node, not {mirror_of!r}")
         inherited = sorted({"role", "prefix", "hosts", "root_hints", "sync_mirrors"} & set(raw))
         if inherited:
-            raise ConfigError(f"{where}: a mirror takes its role, prefix and hosts from its primary (and "
-                              f"sync_mirrors is set there); remove {', '.join(inherited)}")
+            raise ConfigError(
+                f"{where}: a mirror takes its role, prefix and hosts from its primary (and "
+                f"sync_mirrors is set there); remove {', '.join(inherited)}"
+            )
     role = raw.get("role", "top" if mirror_of else None)
     if role not in ROLES:
         raise ConfigError(f"{where}: role must be one of {', '.join(ROLES)}, not {role!r}")
@@ -167,7 +186,18 @@ def _node(name: str, raw: Any) -> NodeSpec:
         if "prefix" in raw or "sync_mirrors" in raw:
             raise ConfigError(f"{where}: a recursive node owns no prefix and has no mirrors")
         hints = _str_list(raw.get("root_hints", []), f"{where} root_hints")
-        return NodeSpec(name, role, host, port, root_hints=hints, description=str(raw.get("description", "")))
+        return NodeSpec(
+            name,
+            role,
+            host,
+            port,
+            root_hints=hints,
+            description=str(raw.get("description", "")),
+            cache=_settings(CacheConfig, raw.get("cache", {}), f"{where} cache"),
+            upstream=_settings(UpstreamConfig, raw.get("upstream", {}), f"{where} upstream"),
+        )
+    if "cache" in raw or "upstream" in raw:
+        raise ConfigError(f"{where}: cache and upstream settings belong to recursive nodes")
     prefix = None if mirror_of else _prefix(raw.get("prefix"), where)
     hosts = tuple(_prefix(h, f"{where} hosts") for h in _str_list(raw.get("hosts", []), where))
     for hosted in hosts:

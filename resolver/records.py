@@ -6,8 +6,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from resolver.config import DEFAULT_LIMITS, Limits
 from resolver.errors import InvalidValue, ProtocolError, ValueAlreadyExists, ValuesNotFound
+from resolver.limits import DEFAULT_LIMITS, Limits
 from resolver.values import HandleValue, value_from_wire, values_size
 
 __all__ = [

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from resolver.config import DEFAULT_LIMITS, Limits
 from resolver.errors import InvalidHandle, InvalidValue
+from resolver.limits import DEFAULT_LIMITS, Limits
 from resolver.names import parse_handle
 
 __all__ = [

@@ -273,3 +273,30 @@ def test_default_limits() -> None:
     assert DEFAULT_LIMITS.max_record_bytes == 262_144
     assert DEFAULT_LIMITS.max_values == 1_000
     assert DEFAULT_LIMITS.max_type_length == 128
+
+
+def test_recursive_cache_and_upstream_settings_come_from_the_topology() -> None:
+    spec = {
+        "role": "recursive",
+        "listen": "127.0.0.1:9000",
+        "cache": {"max_ttl": 60, "stale_window": 600},
+        "upstream": {"deadline": 1.5},
+    }
+    node = parse_topology(with_node("r", spec)).node("r")
+    assert (node.cache.max_ttl, node.cache.stale_window, node.upstream.deadline) == (60, 600, 1.5)
+    assert node.cache.negative_ttl == 30.0, "unset settings keep their defaults"
+    assert load_topology().node("recursive").upstream.deadline == 3.0
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"role": "recursive", "listen": "h:1", "cache": {"ttl": 5}}, "unknown settings ['ttl']"),
+        ({"role": "recursive", "listen": "h:1", "cache": {"max_ttl": "long"}}, "max_ttl must be a number"),
+        ({"role": "recursive", "listen": "h:1", "cache": {"min_ttl": 10, "max_ttl": 5}}, "min_ttl"),
+        ({"role": "recursive", "listen": "h:1", "upstream": []}, "expected a table"),
+        ({"role": "enterprise", "prefix": "88.118.7", "listen": "h:1", "cache": {}}, "belong to recursive nodes"),
+    ],
+)
+def test_bad_recursive_settings_are_named(spec: dict[str, Any], words: str) -> None:
+    assert words in config_error(with_node("r", spec))
