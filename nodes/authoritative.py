@@ -84,7 +84,12 @@ async def ensure_own_prefix_handle(authority: Authority, topology: Topology, sec
     merged = dict(old)
     for v in wanted:
         previous = old.get(v.index)
-        merged[v.index] = previous if previous is not None and previous.same_content(v) else v.with_timestamp(now)
+        # The admin values are only a starting point: an operator who edits them (adds members to
+        # the group at 200, say) keeps the edits across restarts. Sites and the secret follow config.
+        kept = previous is not None and (
+            previous.same_content(v) or (v.type in ("HS_ADMIN", "HS_VLIST") and previous.type == v.type)
+        )
+        merged[v.index] = previous if kept and previous is not None else v.with_timestamp(now)
     # Sites of a topology that shrank must not linger.
     for index, v in old.items():
         if v.type.upper() == "HS_SITE" and index not in {w.index for w in wanted}:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from nodes.authority import RemoteVerifier
 from resolver.auth import Identity
 from resolver.client import HandleClient
-from resolver.errors import HandleError
+from resolver.errors import AuthenticationFailed, UpstreamError
 from resolver.names import PREFIX_NA
 from resolver.sites import site_servers
 from resolver.values import value_from_wire
@@ -25,10 +25,14 @@ def remote_verifier(client: HandleClient, roots: Sequence[str]) -> RemoteVerifie
     async def verify(identity: Identity, authorization: str) -> bool:
         try:
             found = await client.resolve(identity.text, roots)
-        except HandleError:
-            return False
+        except UpstreamError as exc:
+            raise UpstreamError(
+                f"cannot verify {identity} now: its home node could not be reached", attempts=exc.attempts
+            ) from exc
+        if found.reply.status == 404:
+            raise AuthenticationFailed(f"{identity} does not exist, so it cannot be authenticated")
         if found.reply.status != 200 or not found.hops:
-            return False
+            raise AuthenticationFailed(f"{identity} could not be found: {found.reply.body.get('message', '')}")
         target = found.hops[-1].url
         if identity.key.startswith(PREFIX_NA + "/"):
             # A prefix handle resolves at the parent, which holds the delegation; the prefix's own
@@ -40,7 +44,12 @@ def remote_verifier(client: HandleClient, roots: Sequence[str]) -> RemoteVerifie
             servers = [s for s in site_servers(values) if s.primary]
             if servers:
                 target = servers[0].url
-        reply = await client.request("GET", target, "/api/sessions/this", authorization=authorization)
+        try:
+            reply = await client.request("GET", target, "/api/sessions/this", authorization=authorization)
+        except UpstreamError as exc:
+            raise UpstreamError(
+                f"cannot verify {identity} now: its home node {target} did not answer", attempts=exc.attempts
+            ) from exc
         return reply.status == 200 and reply.body.get("id") == str(identity)
 
     return verify

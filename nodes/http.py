@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,7 +33,7 @@ def respond(
 ) -> web.Response:
     """Encode ``body`` as the client asked (msgpack or JSON) with the given HTTP status."""
     media = choose_media_type(request.headers.get("Accept"))
-    if media == JSON and query_bool(request, "pretty"):
+    if media == JSON and request.query.get("pretty", "false").lower() in ("", "true", "yes", "1"):
         import json
 
         data = json.dumps(body, ensure_ascii=False, indent=2).encode("utf-8")
@@ -48,6 +49,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except HandleError as exc:
+        if exc.handle is None and request.path.startswith("/api/handles/"):
+            # Every error about a handle echoes it (value errors are raised below the handler).
+            with contextlib.suppress(UnicodeDecodeError):
+                exc.handle = handle_from_path(request, "/api/handles/")
         headers = {"WWW-Authenticate": 'Basic realm="handle"'} if exc.http_status == 401 else None
         return respond(request, exc.http_status, exc.to_body(), headers)
     except web.HTTPRequestEntityTooLarge as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,21 @@ class NodeProcess:
     spec: NodeSpec
     process: subprocess.Popen[bytes]
     log_path: Path
+
+
+def ports_in_use(topology: Topology) -> list[NodeSpec]:
+    """Nodes whose address something else already listens on (checked before starting anything, so
+    a second `idres up` fails clearly instead of talking to the first one's nodes)."""
+    busy = []
+    for spec in topology.nodes.values():
+        with socket.socket(socket.AF_INET6 if ":" in spec.host else socket.AF_INET) as probe:
+            # As the nodes themselves bind (aiohttp sets SO_REUSEADDR): TIME_WAIT is not "in use".
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((spec.host, spec.port))
+            except OSError:
+                busy.append(spec)
+    return busy
 
 
 def start_nodes(topology: Topology, topology_path: Path | None, data_dir: Path) -> list[NodeProcess]:
@@ -199,6 +215,14 @@ def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: 
     previous = signal.signal(signal.SIGTERM, request_stop)
     nodes: list[NodeProcess] = []
     try:
+        busy = ports_in_use(topology)
+        if busy:
+            console.print(
+                "[red]idres up cannot start:[/red] "
+                + "; ".join(f"{spec.host}:{spec.port} ({spec.name}) is in use" for spec in busy)
+                + ". Is another `idres up` running? Stop it, or give the nodes other ports with --topology."
+            )
+            return 1
         nodes = start_nodes(topology, topology_path, data_dir)
         try:
             seeded = asyncio.run(_bring_up(topology, nodes, secrets))

@@ -16,17 +16,17 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from nodes.http import error_middleware, handle_from_path, query_bool, query_ints, read_bytes, respond
 from nodes.keys import CLIENT, METRICS, RECURSIVE, RECURSIVE_CONFIG
 from nodes.metrics import NodeMetrics, count_requests, counter, gauge, metrics_handler
 from resolver.cache import DEFAULT_CACHE_CONFIG, Cache, CacheConfig, Entry
 from resolver.client import HandleClient
-from resolver.codec import JSON, MSGPACK, choose_media_type, encode
+from resolver.codec import JSON, MSGPACK, choose_media_type, decode, encode
 from resolver.config import DEFAULT_LIMITS, Limits, NodeSpec, Topology
 from resolver.driver import HttpTransport, RecursiveResolver, Resolved
-from resolver.errors import InvalidHandle, ProtocolError, UpstreamError
+from resolver.errors import HandleError, InvalidHandle, ProtocolError, ReadOnly, UpstreamError
 from resolver.names import Handle, parse_handle, parse_prefix
 from resolver.records import filter_values
 from resolver.sites import SiteServer
@@ -85,7 +85,7 @@ async def get_handle(request: web.Request) -> web.StreamResponse:
     outcomes.labels("stale" if resolved.cache == "stale" else "not_found" if entry.values is None else "answer").inc()
     types, indexes = request.query.getall("type", []), query_ints(request, "index")
     trace = query_bool(request, "trace")
-    if not (types or indexes or trace):
+    if not (types or indexes or trace or "pretty" in request.query):
         # The hot path: the bytes were encoded for the first client that asked this way.
         media = choose_media_type(request.headers.get("Accept"))
         body = entry.encoded.get((handle.text, media))
@@ -129,7 +129,9 @@ async def _forward(request: web.Request, route: Handle, body: bytes | None) -> w
     located = await resolver.locate(route)
     headers = {k: request.headers[k] for k in _FORWARDED if k in request.headers}
     attempts: list[tuple[str, str]] = []
-    for server in located.primary_servers:
+    # The primary first; a site that answers "read-only" (a demoted old primary, after a promotion
+    # that the delegation's HS_SITE values do not show yet) passes the write on to the next site.
+    for server in (*located.primary_servers, *(s for s in located.step_servers if not s.primary)):
         try:
             status, passed_back, data = await request.app[CLIENT].forward(
                 request.method, server.url, request.raw_path, headers, body
@@ -137,8 +139,21 @@ async def _forward(request: web.Request, route: Handle, body: bytes | None) -> w
         except UpstreamError as exc:
             attempts.extend(exc.attempts)
             continue
+        if status == 503 and _response_code(passed_back, data) == ReadOnly.response_code:
+            attempts.append((server.url, "read-only (a mirror)"))
+            continue
         return web.Response(status=status, body=data, headers=passed_back)
     raise UpstreamError(f"the primary for {route.text} could not be reached", handle=route.text, attempts=attempts)
+
+
+def _response_code(headers: dict[str, str], data: bytes) -> int | None:
+    media = MSGPACK if headers.get("Content-Type", "").startswith(MSGPACK) else JSON
+    try:
+        body = decode(data, media)
+    except HandleError:
+        return None
+    code = body.get("responseCode") if isinstance(body, dict) else None
+    return code if isinstance(code, int) else None
 
 
 async def write_handle(request: web.Request) -> web.Response:
@@ -192,11 +207,14 @@ def _cache_metrics(app: web.Application) -> Iterable[Metric]:
     for name, value in resolver.cache.stats.as_dict().items():
         yield counter(f"idres_cache_{name}", f"Recursive cache: {name.replace('_', ' ')}", value)
     yield gauge("idres_cache_entries", "Entries in the recursive cache", len(resolver.cache))
+    # One family per metric with a sample per server (a family repeated per server is invalid).
+    srtt = GaugeMetricFamily("idres_upstream_srtt_seconds", "Smoothed round-trip time by server", labels=["server"])
+    down = GaugeMetricFamily("idres_upstream_down", "1 while a server is marked down", labels=["server"])
     for url, health in resolver.upstreams.snapshot().items():
-        yield gauge("idres_upstream_srtt_seconds", "Smoothed round-trip time by server", health.srtt, {"server": url})
-        yield gauge(
-            "idres_upstream_down", "1 while a server is marked down", 1.0 if health.down else 0.0, {"server": url}
-        )
+        srtt.add_metric([url], health.srtt)
+        down.add_metric([url], 1.0 if health.down else 0.0)
+    yield srtt
+    yield down
 
 
 async def _resolver_ctx(app: web.Application) -> AsyncIterator[None]:

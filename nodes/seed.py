@@ -1,7 +1,7 @@
 """What ``idres up`` writes through the nodes' own APIs: delegations, hosted prefixes and demo identifiers.
 
-Every write is a PUT with ``overwrite=true`` of the full record, so running it again stores nothing new
-(a node does not rewrite, nor log, a record whose content did not change).
+Records are created only when absent, so running it again stores nothing new and never undoes what an
+operator changed since; only a delegation's HS_SITE values are brought in line with the topology.
 """
 
 from __future__ import annotations
@@ -114,11 +114,25 @@ def demo_records() -> list[tuple[str, list[dict[str, Any]]]]:
     return [(DEMO_CAR, car), (DEMO_PACK, pack), *hosted]
 
 
-async def _put(client: HandleClient, node: NodeSpec, secret: str, handle: str, values: list[dict[str, Any]]) -> None:
+async def _put(
+    client: HandleClient,
+    node: NodeSpec,
+    secret: str,
+    handle: str,
+    values: list[dict[str, Any]],
+    *,
+    refresh: tuple[int, ...] = (),
+) -> None:
+    """Create the record if it is absent. An existing one is left as its administrators made it,
+    except the values at ``refresh`` (a delegation's sites), which follow the topology."""
     assert node.prefix is not None
     auth = basic_auth(f"300:{prefix_handle(node.prefix)}", secret)
-    reply = await client.put(node.url, handle, values, authorization=auth, params=[("overwrite", "true")])
-    if reply.status not in (200, 201):
+    reply = await client.put(node.url, handle, values, authorization=auth, params=[("overwrite", "false")])
+    if reply.status == 409 and refresh:
+        wanted = [v for v in values if v["index"] in refresh]
+        params = [("overwrite", "true"), *(("index", str(i)) for i in refresh)]
+        reply = await client.put(node.url, handle, wanted, authorization=auth, params=params)
+    if reply.status not in (200, 201, 409):
         raise HandleError(f"{node.name} refused {handle}: HTTP {reply.status} {reply.body.get('message', '')}")
 
 
@@ -139,7 +153,9 @@ async def register_topology(
         parent = topology.parent_of(child)
         if parent is not None and child.prefix is not None:
             handle = prefix_handle(child.prefix)
-            await _put(client, parent, secrets[parent.name], handle, delegation_values(topology, child, parent))
+            values = delegation_values(topology, child, parent)
+            sites = tuple(v["index"] for v in values if v["type"] == "HS_SITE")
+            await _put(client, parent, secrets[parent.name], handle, values, refresh=sites)
             done.append(Seeded(parent.name, handle, f"delegates {child.prefix} to {child.name}"))
         for hosted in child.hosts:
             handle = prefix_handle(hosted)

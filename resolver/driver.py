@@ -174,7 +174,14 @@ class RecursiveResolver:
 
     async def _walk(self, handle: Handle) -> Resolved:
         generation = self._generation.get(handle.key, 0)
-        resolution = await self._run(handle)
+        try:
+            resolution = await self._run(handle)
+        except UpstreamError as exc:
+            if not exc.attempts or not all(reason.startswith("not responsible") for _, reason in exc.attempts):
+                raise
+            # Every node that could hold it says the prefix is not theirs (an unregistered prefix):
+            # for the client that is "no such handle", as the Handle proxy's "Prefix Not Found" 404.
+            return Resolved(self.cache.store_not_found(handle.key), "miss")
         values = resolution.result.values if isinstance(resolution.result, Answer) else None
         if self._generation.get(handle.key, 0) != generation:
             # A write was acknowledged while we walked: our answer may predate it. Give it to the

@@ -277,6 +277,11 @@ class Resolution:
         return self._step.prefix
 
     @property
+    def step_servers(self) -> tuple[SiteServer, ...]:
+        """Every server of the current (after an answer: the answering) step, primary sites first."""
+        return tuple(self._step.servers)
+
+    @property
     def primary_servers(self) -> tuple[SiteServer, ...]:
         """Primary-site servers of the current (after an answer: the answering) step; writes go there."""
         return tuple(s for s in self._step.servers if s.primary)

@@ -22,8 +22,11 @@ CAR = [
     {"index": 1, "type": "URL", "data": {"format": "string", "value": "https://example.cn/car/1"}},
     {"index": 2, "type": "MODEL", "data": "CQ-EV7"},
     {"index": 3, "type": "URL.mobile", "data": "https://m.example.cn/car/1"},
-    {"index": 100, "type": "HS_ADMIN",
-     "data": {"format": "admin", "value": {"handle": "0.NA/88.118", "index": "200", "permissions": "011111110011"}}},
+    {
+        "index": 100,
+        "type": "HS_ADMIN",
+        "data": {"format": "admin", "value": {"handle": "0.NA/88.118", "index": "200", "permissions": "011111110011"}},
+    },
 ]
 
 
@@ -36,8 +39,16 @@ class Node:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server.port}{path}"
 
-    async def call(self, method: str, path: str, *, body: Any = None, headers: dict[str, str] | None = None,
-                   params: Any = None, raw: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        params: Any = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, dict[str, Any]]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         hdrs = {"Content-Type": "application/json"} if data is not None else {}
         hdrs.update(headers or {})
@@ -48,16 +59,25 @@ class Node:
             assert r.content_type == "application/json", f"non-JSON answer: {payload[:200]!r}"
             return r.status, json.loads(payload)
 
-    async def put(self, handle: str, values: list[dict[str, Any]], identity: str = OP, secret: str = OPERATOR_SECRET,
-                  **params: str) -> tuple[int, dict[str, Any]]:
-        return await self.call("PUT", f"/api/handles/{handle}", body={"values": values},
-                               headers=auth(identity, secret), params=params)
+    async def put(
+        self,
+        handle: str,
+        values: list[dict[str, Any]],
+        identity: str = OP,
+        secret: str = OPERATOR_SECRET,
+        **params: str,
+    ) -> tuple[int, dict[str, Any]]:
+        return await self.call(
+            "PUT", f"/api/handles/{handle}", body={"values": values}, headers=auth(identity, secret), params=params
+        )
 
 
 def make_app(db: Path, port: int, limits: Limits | None = None) -> web.Application:
-    topology = topology_of({
-        "sec": {"role": "secondary", "prefix": "88.118", "hosts": ["88.118.9"], "listen": f"127.0.0.1:{port}"},
-    })
+    topology = topology_of(
+        {
+            "sec": {"role": "secondary", "prefix": "88.118", "hosts": ["88.118.9"], "listen": f"127.0.0.1:{port}"},
+        }
+    )
     config = AuthoritativeConfig(topology.node("sec"), topology, db, OPERATOR_SECRET)
     if limits is not None:
         config = AuthoritativeConfig(config.spec, topology, db, OPERATOR_SECRET, limits)
@@ -67,8 +87,9 @@ def make_app(db: Path, port: int, limits: Limits | None = None) -> web.Applicati
 @pytest.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     port = free_port()
-    server = TestServer(make_app(tmp_path / "sec.sqlite3", port, Limits(max_body_bytes=64_000)),
-                        host="127.0.0.1", port=port)
+    server = TestServer(
+        make_app(tmp_path / "sec.sqlite3", port, Limits(max_body_bytes=64_000)), host="127.0.0.1", port=port
+    )
     await server.start_server()
     async with ClientSession() as session:
         yield Node(server, session, tmp_path / "sec.sqlite3")
@@ -135,8 +156,9 @@ async def test_malformed_identifier_is_400_102_naming_the_problem(node: Node) ->
 
 async def test_delegation_gives_referrals_and_refuses_writes_below_it(node: Node) -> None:
     site = {"servers": [{"address": "127.0.0.1", "interfaces": [{"protocol": "HTTP", "port": 8300}]}]}
-    status, _ = await node.put("0.NA/88.118.8", [{"index": 1, "type": "HS_SITE",
-                                                  "data": {"format": "site", "value": site}}])
+    status, _ = await node.put(
+        "0.NA/88.118.8", [{"index": 1, "type": "HS_SITE", "data": {"format": "site", "value": site}}]
+    )
     assert status == 200
     status, body = await node.call("GET", "/api/handles/88.118.8/VIN-1")
     assert status == 300 and body["responseCode"] == 303 and body["prefix"] == "88.118.8"
@@ -192,8 +214,12 @@ async def test_credentials_are_checked(node: Node) -> None:
     assert status == 401 and body["responseCode"] == 402
     status, body = await node.put("88.118/X", CAR, secret="wrong")
     assert status == 401 and body["responseCode"] == 403 and "wrong secret" in body["message"]
-    status, body = await node.call("PUT", "/api/handles/88.118/X", body={"values": CAR},
-                                   headers={"Authorization": "Basic " + base64.b64encode(b"nocolon").decode()})
+    status, body = await node.call(
+        "PUT",
+        "/api/handles/88.118/X",
+        body={"values": CAR},
+        headers={"Authorization": "Basic " + base64.b64encode(b"nocolon").decode()},
+    )
     assert status == 401
     status, body = await node.put("88.118/X", CAR, identity="300:0.NA/88.119")
     assert status == 401, "an identity this node cannot verify must not be accepted"
@@ -203,21 +229,38 @@ async def test_credentials_are_checked(node: Node) -> None:
 
 async def test_identities_registered_on_the_node_are_authorised_by_hs_admin(node: Node) -> None:
     # An enterprise user with its own secret, administering only the handles whose HS_ADMIN names it.
-    user = [{"index": 300, "type": "HS_SECKEY", "data": "user-pw"},
-            {"index": 100, "type": "HS_ADMIN", "data": {"format": "admin",
-                                                        "value": {"handle": "88.118/USER", "index": 300,
-                                                                  "permissions": "011111110011"}}}]
+    user = [
+        {"index": 300, "type": "HS_SECKEY", "data": "user-pw"},
+        {
+            "index": 100,
+            "type": "HS_ADMIN",
+            "data": {
+                "format": "admin",
+                "value": {"handle": "88.118/USER", "index": 300, "permissions": "011111110011"},
+            },
+        },
+    ]
     assert (await node.put("88.118/USER", user))[0] == 200
     status, body = await node.call("GET", "/api/handles/88.118/USER")
     assert [v["index"] for v in body["values"]] == [100], "the secret is not public"
     mine = [{"index": 1, "type": "URL", "data": "https://a"}, user[1]]
     assert (await node.put("88.118/MINE", mine))[0] == 200
     assert (await node.put("88.118/THEIRS", CAR))[0] == 200
-    status, _ = await node.put("88.118/MINE", [{"index": 2, "type": "NOTE", "data": "x"}],
-                               identity="300:88.118/USER", secret="user-pw", index="2")
+    status, _ = await node.put(
+        "88.118/MINE",
+        [{"index": 2, "type": "NOTE", "data": "x"}],
+        identity="300:88.118/USER",
+        secret="user-pw",
+        index="2",
+    )
     assert status == 200
-    status, body = await node.put("88.118/THEIRS", [{"index": 9, "type": "NOTE", "data": "x"}],
-                                  identity="300:88.118/USER", secret="user-pw", index="9")
+    status, body = await node.put(
+        "88.118/THEIRS",
+        [{"index": 9, "type": "NOTE", "data": "x"}],
+        identity="300:88.118/USER",
+        secret="user-pw",
+        index="9",
+    )
     assert status == 403 and body["responseCode"] == 401 and "add value" in body["message"]
     # Creating under the prefix needs ADD_HANDLE on 0.NA/88.118, which names the operator group only.
     status, body = await node.put("88.118/NEW", CAR, identity="300:88.118/USER", secret="user-pw")
@@ -241,8 +284,9 @@ async def test_listing_needs_credentials_and_pages(node: Node) -> None:
     await node.put("88.118.9/OTHER", CAR[:1])
     status, body = await node.call("GET", "/api/handles", params={"prefix": "88.118"})
     assert status == 401 and body["responseCode"] == 402
-    status, body = await node.call("GET", "/api/handles", params={"prefix": "88.118", "page": "1", "pageSize": "2"},
-                                   headers=auth(OP))
+    status, body = await node.call(
+        "GET", "/api/handles", params={"prefix": "88.118", "page": "1", "pageSize": "2"}, headers=auth(OP)
+    )
     assert status == 200 and body["totalCount"] == "5" and body["handles"] == ["88.118/L2", "88.118/L3"]
     status, body = await node.call("GET", "/api/handles", params={"prefix": "0.NA/88.118"}, headers=auth(OP))
     assert body["totalCount"] == "5" and "88.118.9/OTHER" not in body["handles"]
@@ -250,8 +294,9 @@ async def test_listing_needs_credentials_and_pages(node: Node) -> None:
 
 async def test_msgpack_both_ways(node: Node) -> None:
     body = msgpack.packb({"values": CAR[:2]})
-    status, answer = await node.call("PUT", "/api/handles/88.118/MP", raw=body,
-                                     headers={**auth(OP), "Content-Type": "application/msgpack"})
+    status, answer = await node.call(
+        "PUT", "/api/handles/88.118/MP", raw=body, headers={**auth(OP), "Content-Type": "application/msgpack"}
+    )
     assert status == 200
     status, answer = await node.call("GET", "/api/handles/88.118/MP", headers={"Accept": "application/msgpack"})
     assert status == 200 and answer["handle"] == "88.118/MP" and answer["values"][1]["data"]["value"] == "CQ-EV7"
@@ -260,8 +305,9 @@ async def test_msgpack_both_ways(node: Node) -> None:
 async def test_bad_bodies_get_clear_errors_and_store_nothing(node: Node) -> None:
     status, body = await node.call("PUT", "/api/handles/88.118/B", raw=b"{not json", headers=auth(OP))
     assert status == 400 and body["responseCode"] == 4 and "not valid JSON" in body["message"]
-    status, body = await node.call("PUT", "/api/handles/88.118/B", raw=b"x",
-                                   headers={**auth(OP), "Content-Type": "text/plain"})
+    status, body = await node.call(
+        "PUT", "/api/handles/88.118/B", raw=b"x", headers={**auth(OP), "Content-Type": "text/plain"}
+    )
     assert status == 415 and body["responseCode"] == 4
     status, body = await node.put("88.118/B", [{"index": 0, "type": "URL", "data": "x"}])
     assert status == 400 and body["responseCode"] == 202 and "positive" in body["message"]
@@ -282,8 +328,9 @@ async def test_oversized_body_is_refused_before_it_is_read(node: Node) -> None:
             sent += 65_536
             yield b" " * 65_536
 
-    async with node.session.put(node.url("/api/handles/88.118/BIG"), data=endless(),
-                                headers={**auth(OP), "Content-Type": "application/json"}) as r:
+    async with node.session.put(
+        node.url("/api/handles/88.118/BIG"), data=endless(), headers={**auth(OP), "Content-Type": "application/json"}
+    ) as r:
         body = await r.json()
     assert r.status == 413 and body["responseCode"] == 4 and "limit" in body["message"]
     assert sent < 10_000_000, f"the node kept reading: {sent} bytes sent"
@@ -328,3 +375,39 @@ async def test_metrics_count_requests_and_outcomes(node: Node) -> None:
     assert 'idres_resolutions_total{outcome="not_found"} 1.0' in text
     assert 'idres_requests_total{method="GET",status="400"} 1.0' in text
     assert 'idres_requests_total{method="PUT",status="200"} 1.0' in text
+
+
+async def test_an_odd_pretty_value_never_breaks_an_answer_and_value_errors_name_the_handle(node: Node) -> None:
+    # pretty only formats the answer: an unknown value means "not pretty", never a 500 page.
+    status, body = await node.call("GET", "/api/handles/88.118/X", params={"pretty": "maybe"})
+    assert status == 404 and body["responseCode"] == 100
+    status, body = await node.put(
+        "88.118/BADVALUE", [{"index": 1, "type": "URL", "data": {"format": "nope", "value": "x"}}]
+    )
+    assert status == 400 and body["responseCode"] == 202 and body["handle"] == "88.118/BADVALUE"
+
+
+async def test_an_operators_edit_of_the_admin_group_survives_a_restart(tmp_path: Path) -> None:
+    port = free_port()
+    db = tmp_path / "sec.sqlite3"
+    group = [
+        {
+            "index": 200,
+            "type": "HS_VLIST",
+            "data": {
+                "format": "vlist",
+                "value": [{"handle": "0.NA/88.118", "index": 300}, {"handle": "88.118/ALICE", "index": 300}],
+            },
+        }
+    ]
+    for round_ in range(2):
+        server = TestServer(make_app(db, port), host="127.0.0.1", port=port)
+        await server.start_server()
+        async with ClientSession() as session:
+            n = Node(server, session, db)
+            if round_ == 0:
+                assert (await n.put("0.NA/88.118", group, index="200"))[0] == 200
+            _, body = await n.call("GET", "/api/handles/0.NA/88.118", params={"index": "200"})
+            members = body["values"][0]["data"]["value"]
+            assert {"handle": "88.118/ALICE", "index": 300} in members
+        await server.close()

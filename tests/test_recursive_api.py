@@ -397,3 +397,27 @@ async def test_the_delegation_record_comes_from_the_parent_whatever_is_cached(tr
     await tree.get(DEMO_CAR)  # caches the referral to 88.118.8
     status, after = await tree.get(delegation, params={"auth": "true"})
     assert status == 200 and after == on_parent
+
+
+async def test_an_unregistered_prefix_is_not_found_not_a_server_error(tree: Tree) -> None:
+    status, body = await tree.get("88.120/NOBODY-OWNS-THIS")
+    assert status == 404 and body["responseCode"] == 100 and body["handle"] == "88.120/NOBODY-OWNS-THIS"
+
+
+async def test_pretty_is_honoured_on_the_cached_path_too(tree: Tree) -> None:
+    await tree.get(DEMO_CAR)
+    async with tree.session.get(tree.url("recursive") + f"/api/handles/{DEMO_CAR}?pretty=true") as r:
+        text = await r.text()
+    assert r.status == 200 and "\n  " in text and json.loads(text)["handle"] == DEMO_CAR
+
+
+async def test_metrics_are_valid_prometheus_text(tree: Tree) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    await tree.get(DEMO_CAR)
+    async with tree.session.get(tree.url("recursive") + "/metrics") as r:
+        text = await r.text()
+    names = [family.name for family in text_string_to_metric_families(text)]
+    assert len(names) == len(set(names)), "each metric family appears once"
+    srtt = next(f for f in text_string_to_metric_families(text) if f.name == "idres_upstream_srtt_seconds")
+    assert len(srtt.samples) == 3, "one sample per server asked (top, secondary, enterprise)"

@@ -179,3 +179,10 @@ def test_chengdu_mirror_holds_what_chongqing_holds(topology_up: Running) -> None
                              {"Authorization": basic_auth("300:0.NA/88", topology_up.secret("chongqing-top")),
                               "Content-Type": "application/json"})
     assert status == 503 and answer["responseCode"] == 7, "a mirror refuses writes"
+
+
+def test_a_second_idres_up_on_busy_ports_says_so(topology_up: Running, tmp_path: Path) -> None:
+    out = idres("up", "--data", str(tmp_path / "other"), timeout=30)
+    assert out.returncode == 1
+    assert "127.0.0.1:8100 (chongqing-top) is in use" in " ".join(out.stdout.split())
+    assert get_json("http://127.0.0.1:8100/healthz")[0] == 200, "the running topology is untouched"
