@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client.metrics_core import Metric
 
 from nodes.authority import Answer, Authority
+from nodes.batch import setup_batch
 from nodes.federation import remote_verifier
 from nodes.http import error_middleware, handle_from_path, query_bool, query_int, query_ints, read_body, respond
 from nodes.keys import AUTHORITY, CLIENT, CONFIG, METRICS, REPLICATION
@@ -287,5 +288,6 @@ def create_app(config: AuthoritativeConfig) -> web.Application:
     app.router.add_route("GET", "/api/handles/{handle:.+}", get_handle)
     app.router.add_route("PUT", "/api/handles/{handle:.+}", put_handle)
     app.router.add_route("DELETE", "/api/handles/{handle:.+}", delete_handle)
+    setup_batch(app)
     setup_replication(app)
     return app

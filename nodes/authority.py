@@ -12,7 +12,7 @@ import hashlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from resolver.auth import Identity, Perm, admin_grants, hash_secret_values, parse_basic, verify_secret
@@ -41,7 +41,7 @@ from resolver.storage import Storage, Write
 from resolver.values import HandleValue
 from resolver.zone import NotHere, Refer, Zone
 
-__all__ = ["Answer", "Authority", "Referral", "WriteResult"]
+__all__ = ["Answer", "Authority", "Referral", "WriteResult", "changes_needed"]
 
 # Successful credential checks are remembered this long, so PBKDF2 is paid once per client, not per
 # request; a change to any HS_SECKEY value forgets them all at once.
@@ -76,7 +76,7 @@ def _admin_perm(v: HandleValue, plain: int, admin: int) -> int:
     return admin if v.type.upper() == "HS_ADMIN" else plain
 
 
-def _changes_needed(old: Sequence[HandleValue], new: Sequence[HandleValue]) -> set[int]:
+def changes_needed(old: Sequence[HandleValue], new: Sequence[HandleValue]) -> set[int]:
     """The HS_ADMIN permission bits a change from ``old`` to ``new`` values needs."""
     before = {v.index: v for v in old}
     after = {v.index: v for v in new}
@@ -170,27 +170,47 @@ class Authority:
         except Exception:
             return False
 
-    async def _lookup(self, key: str) -> Record | None:
-        return await self.store.get(key)
-
-    async def _admin_chain(self, handle: Handle, current: Record | None) -> list[HandleValue]:
+    async def _admin_chain(
+        self, handle: Handle, current: Record | None, pending: Mapping[str, Record | None]
+    ) -> list[HandleValue]:
         """HS_ADMIN values that govern ``handle``: its own, then its prefix handle's and each parent's."""
         chain = list(current.values) if current else []
         zones = ancestors(handle.zone)
         if handle.is_prefix_handle:
             zones = zones[1:]  # a prefix handle is administered from its parent prefix up
-        prefix_records = await self.store.get_many([prefix_handle(p) for p in zones])
-        for p in zones:
-            record = prefix_records.get(prefix_handle(p))
+        keys = [prefix_handle(p) for p in zones]
+        prefix_records = await self.store.get_many([k for k in keys if k not in pending])
+        for key in keys:
+            record = pending[key] if key in pending else prefix_records.get(key)
             if record is not None:
                 chain.extend(record.values)
         return chain
 
-    async def may(self, identity: Identity, permission: int, handle: Handle, current: Record | None) -> bool:
+    def is_operator(self, identity: Identity) -> bool:
+        return identity == self.operator
+
+    async def may(
+        self,
+        identity: Identity,
+        permission: int,
+        handle: Handle,
+        current: Record | None,
+        *,
+        pending: Mapping[str, Record | None] | None = None,
+    ) -> bool:
+        """Whether ``identity`` holds ``permission`` on ``handle`` (whose record is ``current``).
+
+        ``pending``: records as a batch in progress has already changed them (None: deleted), seen
+        instead of the stored ones."""
         if identity == self.operator:
             return True  # the node's operator, like a HANDLE.NET server administrator
-        chain = await self._admin_chain(handle, current)
-        return await admin_grants(identity, permission, chain, self._lookup)
+        overlay = pending or {}
+
+        async def lookup(key: str) -> Record | None:
+            return overlay[key] if key in overlay else await self.store.get(key)
+
+        chain = await self._admin_chain(handle, current, overlay)
+        return await admin_grants(identity, permission, chain, lookup)
 
     async def _require(
         self, identity: Identity | None, permissions: set[int], handle: Handle, current: Record | None
@@ -210,8 +230,8 @@ class Authority:
 
     # -- reads -----------------------------------------------------------------------------------
 
-    def _check_route(self, handle: Handle, *, writing: bool) -> Referral | None:
-        decision = self.zone.route(handle)
+    def _check_route(self, handle: Handle, *, writing: bool, zone: Zone | None = None) -> Referral | None:
+        decision = (zone or self.zone).route(handle)
         if isinstance(decision, NotHere):
             raise NotResponsible(decision.reason, handle=handle.text)
         if isinstance(decision, Refer):
@@ -267,15 +287,43 @@ class Authority:
     # -- writes ----------------------------------------------------------------------------------
 
     async def _writable(self, handle: Handle) -> None:
+        await self.admit_write(handle)
+        self._check_route(handle, writing=True)
+
+    def _refuse_if_read_only(self, handle: Handle | None) -> None:
+        if self.read_only:
+            default = f"{self.spec.name} is a mirror and refuses writes; send them to its primary"
+            raise ReadOnly(self.read_only_message or default, handle=handle.text if handle else None)
+
+    # The steps of a client write, public for bulk registration (nodes.batch), which takes them in
+    # the same order as put() and delete(): admit_write(), then under write_lock refuse_if_read_only(),
+    # the checks, commit() and learn_write(), then acknowledge() outside the lock.
+
+    async def admit_write(self, handle: Handle | None = None) -> None:
+        """Run the before_write gates, then refuse (503/7) if this node takes no writes."""
         for gate in self.before_write:
             await gate()
         self._refuse_if_read_only(handle)
-        self._check_route(handle, writing=True)
 
-    def _refuse_if_read_only(self, handle: Handle) -> None:
-        if self.read_only:
-            default = f"{self.spec.name} is a mirror and refuses writes; send them to its primary"
-            raise ReadOnly(self.read_only_message or default, handle=handle.text)
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        return self._write_lock
+
+    def refuse_if_read_only(self) -> None:
+        self._refuse_if_read_only(None)
+
+    def route_write(self, handle: Handle, zone: Zone | None = None) -> None:
+        """Raise NotResponsible (301) unless ``handle`` may be written here (per ``zone``, default
+        the node's own: a batch routes against a copy that has learnt its earlier prefix handles)."""
+        self._check_route(handle, writing=True, zone=zone)
+
+    def learn_write(self, prefix: str | None, values: tuple[HandleValue, ...] | None, *, secrets: bool) -> None:
+        """After a committed write: the prefix handle of ``prefix`` now holds ``values`` (None:
+        deleted); ``secrets``: an HS_SECKEY value was written or removed."""
+        if prefix is not None:
+            self.zone.learn(prefix, values)
+        if secrets:
+            self._verified.clear()  # a changed or removed secret must stop working at once
 
     async def set_read_only(self, message: str | None) -> None:
         """Refuse writes from now on, saying ``message``, or accept them again (None).
@@ -284,7 +332,8 @@ class Authority:
         async with self._write_lock:
             self.read_only, self.read_only_message = message is not None, message
 
-    async def _commit(self, writes: Sequence[Write]) -> int:
+    async def commit(self, writes: Sequence[Write]) -> int:
+        """Write ``writes`` in one transaction (under ``write_lock``); the last change's seq."""
         try:
             return await self.store.write(writes)
         finally:
@@ -292,10 +341,14 @@ class Authority:
                 hook()
 
     async def _acknowledge(self, result: WriteResult) -> WriteResult:
-        if result.seq:
-            for hook in self.before_ack:
-                await hook(result.seq)
+        await self.acknowledge(result.seq)
         return result
+
+    async def acknowledge(self, seq: int) -> None:
+        """The before_ack hooks for a write committed at ``seq`` (nothing if 0: nothing changed)."""
+        if seq:
+            for hook in self.before_ack:
+                await hook(seq)
 
     async def put(
         self,
@@ -341,12 +394,12 @@ class Authority:
                 )
                 created = len(new) > len(current.values)
             if current is not None:
-                await self._require(identity, _changes_needed(current.values, new), handle, current)
+                await self._require(identity, changes_needed(current.values, new), handle, current)
                 if len(new) == len(current.values) and all(
                     a.same_content(b) for a, b in zip(new, current.values, strict=True)
                 ):
                     return WriteResult(handle.text, created, 0)  # nothing changed: nothing to log
-            seq = await self._commit([Write(handle.key, new)])
+            seq = await self.commit([Write(handle.key, new)])
             self._after_write(handle, current, new)
         return await self._acknowledge(WriteResult(handle.text, created, seq))
 
@@ -371,19 +424,19 @@ class Authority:
             new: tuple[HandleValue, ...] | None
             if indexes:
                 new = remove_values(current.values, indexes, handle_text=handle.text)
-                await self._require(identity, _changes_needed(current.values, new), handle, current)
+                await self._require(identity, changes_needed(current.values, new), handle, current)
             else:
                 remove = Perm.DELETE_DERIVED_PREFIX if handle.is_prefix_handle else Perm.DELETE_HANDLE
                 await self._require(identity, {remove}, handle, current)
                 new = None
-            seq = await self._commit([Write(handle.key, new)])
+            seq = await self.commit([Write(handle.key, new)])
             self._after_write(handle, current, new)
         return await self._acknowledge(WriteResult(handle.text, False, seq))
 
     async def apply_replicated(self, writes: Sequence[Write]) -> int:
         """Apply writes copied from this node's primary (a mirror's only way to change)."""
         async with self._write_lock:
-            seq = await self._commit(writes)
+            seq = await self.commit(writes)
             for w in writes:
                 if w.key.startswith(PREFIX_NA + "/"):
                     self.zone.learn(w.key.partition("/")[2], w.values)
@@ -391,8 +444,6 @@ class Authority:
         return seq
 
     def _after_write(self, handle: Handle, old: Record | None, new: tuple[HandleValue, ...] | None) -> None:
-        if handle.is_prefix_handle:
-            self.zone.learn(handle.zone, new)
         touched = [*(old.values if old else ()), *(new or ())]
-        if any(v.type.upper() == "HS_SECKEY" for v in touched):
-            self._verified.clear()  # a changed or removed secret must stop working at once
+        secrets = any(v.type.upper() == "HS_SECKEY" for v in touched)
+        self.learn_write(handle.zone if handle.is_prefix_handle else None, new, secrets=secrets)

@@ -178,3 +178,75 @@ def resolve(handle: str, server: str, types: tuple[str, ...], indexes: tuple[int
         _print_resolution(Console(), handle, found)
     if found.reply.response_code not in (1,):
         sys.exit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--server", required=True, help="The node that owns the identifiers' prefix (its primary).")
+@click.option("--user", "identity", required=True, help="Who registers: INDEX:HANDLE, e.g. 300:0.NA/88.118.8.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Default: from FILE's extension."
+)
+@click.option("--op", type=click.Choice(["create", "upsert"]), default="create", show_default=True)
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Batches in flight.")
+@click.option("--retries", default=5, show_default=True, type=click.IntRange(0, 100), help="Per failed batch.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds a batch.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where rejected items go, one JSON line each. Default: FILE.rejected.jsonl.",
+)
+@click.option("--resume", is_flag=True, help="Go on from FILE.idres-checkpoint, left by an interrupted run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def register(
+    file: Path,
+    server: str,
+    identity: str,
+    fmt: str | None,
+    op: str,
+    batch_size: int,
+    concurrency: int,
+    retries: int,
+    timeout: float,
+    report: Path | None,
+    resume: bool,
+    quiet: bool,
+) -> None:
+    """Register the identifiers in FILE (CSV or JSON Lines) on SERVER, in concurrent batches.
+
+    The secret comes from the environment variable IDRES_SECRET, else from a prompt; never from the
+    command line. Exit status: 0 when every record was registered, 1 when any was rejected (they are
+    listed in the report), 2 when registration could not go on (it can then be resumed with --resume).
+    See docs/bulk-registration.md for the file formats.
+    """
+    import os
+
+    from nodes.bulksend import RetryPolicy
+    from nodes.register import RegisterOptions, format_for, run, show_progress_for
+    from resolver.names import parse_identity
+
+    try:
+        parse_identity(identity)
+    except HandleError as exc:
+        raise click.BadParameter(exc.message, param_hint="--user") from exc
+    fmt = fmt or format_for(file.name)
+    if fmt is None:
+        raise click.BadParameter(f"cannot tell the format of {file.name} from its name", param_hint="--format")
+    secret = os.environ.get("IDRES_SECRET") or click.prompt(f"Secret of {identity}", hide_input=True, err=True)
+    console = Console(stderr=True)
+    options = RegisterOptions(
+        file,
+        server,
+        identity,
+        secret,
+        fmt=fmt,
+        op=op,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        policy=RetryPolicy(retries=retries, timeout=timeout),
+        report=report,
+        resume=resume,
+    )
+    sys.exit(run(options, console, show_progress=show_progress_for(console, quiet)))

@@ -22,6 +22,10 @@ class Limits:
     max_type_length: int = 128
     # A single-record request body: the record limit plus JSON overhead.
     max_body_bytes: int = 1_048_576
+    # POST /api/batch (DESIGN §4): operations per batch, and the body that carries them (10,000
+    # records of a few KiB each; a client sends ~5,000 small ones, ~2 MB, at a time).
+    max_batch_operations: int = 10_000
+    max_batch_bytes: int = 64 * 1_048_576
 
 
 DEFAULT_LIMITS = Limits()

@@ -13,6 +13,7 @@ from resolver.values import HandleValue, value_from_wire, values_size
 __all__ = [
     "Record",
     "filter_values",
+    "keep_row_timestamps",
     "merge_values",
     "parse_put_body",
     "public_values",
@@ -102,6 +103,21 @@ def keep_timestamps(current: Sequence[HandleValue], new: Sequence[HandleValue]) 
     return tuple(
         v.with_timestamp(old[v.index].timestamp) if v.index in old and old[v.index].same_content(v) else v for v in new
     )
+
+
+def keep_row_timestamps(old: Sequence[Sequence[Any]], new: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
+    """``keep_timestamps`` on values in the stored row layout (``codec.value_row``); None when no
+    value kept its old timestamp (``new`` stands as it is)."""
+    before = {row[0]: row for row in old}
+    out, kept = [], False
+    for row in new:
+        was = before.get(row[0])
+        if was is not None and was[5] != row[5] and was[1:5] == row[1:5] and was[6:] == row[6:]:
+            out.append([*row[:5], was[5], *row[6:]])
+            kept = True
+        else:
+            out.append(list(row))
+    return out if kept else None
 
 
 def remove_values(

@@ -6,7 +6,7 @@ import time
 from collections.abc import Sequence
 from typing import Literal
 
-from resolver.codec import pack_values, unpack_values
+from resolver.codec import unpack_values
 from resolver.errors import HandleError
 from resolver.records import Record
 from resolver.storage.base import Change, Write, digest_records
@@ -42,6 +42,10 @@ class MemoryStorage:
         self._check_open()
         return {k: Record(k, unpack_values(self._records[k])) for k in keys if k in self._records}
 
+    async def existing(self, keys: Sequence[str]) -> set[str]:
+        self._check_open()
+        return {k for k in keys if k in self._records}
+
     async def write(self, writes: Sequence[Write]) -> int:
         self._check_open()
         # All that can fail happens before anything changes, so a failed batch leaves no trace.
@@ -49,7 +53,7 @@ class MemoryStorage:
         for w in writes:
             try:
                 w.key.encode("utf-8")  # SQLite cannot store text that is not valid UTF-8
-                blob = None if w.values is None else pack_values(w.values)
+                blob = w.blob
             except (TypeError, ValueError, OverflowError) as exc:
                 raise HandleError(f"storage error: cannot store {w.key!r}: {exc}") from exc
             staged.append((w.key, blob))

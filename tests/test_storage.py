@@ -200,6 +200,39 @@ async def test_list_keys_pages_through_one_prefix_in_key_order(storage: Storage)
     assert await storage.list_keys("99.999") == (0, [])
 
 
+async def test_listing_a_prefix_is_exactly_its_keys_whatever_sorts_next_to_them(storage: Storage) -> None:
+    # "-" < "." < "/" < "0": the neighbours a key range scan must keep out (and Unicode suffixes in).
+    keys = ["88/a", "88/\U0001f697", "88/" + "\uffff" * 3, "88-x/b", "88.1/c", "880/d", "88./e", "8/f", "88/"]
+    await storage.write([Write(k, url(k)) for k in keys])
+    assert await storage.list_keys("88") == (4, sorted(["88/", "88/a", "88/\U0001f697", "88/" + "\uffff" * 3]))
+    assert await storage.list_keys("88", offset=1, limit=2) == (4, sorted(k for k in keys if k.startswith("88/"))[1:3])
+    assert await storage.list_keys("88.1") == (1, ["88.1/c"])
+    assert await storage.prefixes() == ["8", "88", "88-x", "88.", "88.1", "880"]
+
+
+async def test_existing_says_which_keys_have_a_record(storage: Storage) -> None:
+    await storage.write([Write(f"88.118.8/{i:05d}", url(i)) for i in range(0, 3000, 3)])
+    await storage.write([Write("88.118.8/00003", None), Write("0.NA/88.118.8", ())])
+    wanted = [f"88.118.8/{i:05d}" for i in range(0, 3000)] + ["88.118.8/00000", "0.NA/88.118.8", "88.118.8/x\u00e9"]
+    assert await storage.existing(wanted) == {f"88.118.8/{i:05d}" for i in range(0, 3000, 3)} - {
+        "88.118.8/00003"
+    } | {"0.NA/88.118.8"}
+    assert await storage.existing([]) == set()
+
+
+async def test_a_packed_write_stores_its_blob_as_it_is(storage: Storage) -> None:
+    blob = pack_values(EVERY_FORMAT)
+    write = Write.packed("88.118.8/p", blob)
+    assert write == Write("88.118.8/p", EVERY_FORMAT) and not write.is_delete and Write("x", None).is_delete
+    assert write.blob is blob and write.values == EVERY_FORMAT
+    seq = await storage.write([Write.packed("88.118.8/q", blob), Write.packed("88.118.8/p", blob)])
+    assert await storage.get("88.118.8/p") == Record("88.118.8/p", EVERY_FORMAT)
+    assert [(c.seq, c.key, c.values) for c in await storage.changes(0)] == [
+        (seq - 1, "88.118.8/q", EVERY_FORMAT),
+        (seq, "88.118.8/p", EVERY_FORMAT),
+    ]
+
+
 # -- the change log --------------------------------------------------------------------------------
 
 
@@ -463,6 +496,79 @@ async def test_reopening_the_file_keeps_everything(tmp_path: Path) -> None:
         assert await reopened.write([Write("88.118.8/c", url("c"))]) == 5
     finally:
         await reopened.close()
+
+
+SCHEMA_V1 = """
+CREATE TABLE handles (key TEXT PRIMARY KEY, prefix TEXT NOT NULL, vals BLOB NOT NULL) WITHOUT ROWID;
+CREATE INDEX handles_prefix_key ON handles (prefix, key);
+CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL,
+    op TEXT NOT NULL CHECK (op IN ('put', 'delete')), vals BLOB, ts INTEGER NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version = 1;
+"""
+
+
+async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    records = {f"88.118.8/{i:04d}": url(i) for i in range(1200)} | {"0.NA/88.118.8": url("p"), "88/x": EVERY_FORMAT}
+    with sqlite3.connect(path) as db:
+        db.executescript(SCHEMA_V1)
+        db.executemany("INSERT INTO handles VALUES (?, ?, ?)",
+                       [(k, k.partition("/")[0], pack_values(v)) for k, v in records.items()])
+        db.executemany("INSERT INTO changes (key, op, vals, ts) VALUES (?, 'put', ?, 1)",
+                       [(k, pack_values(v)) for k, v in records.items()])
+        db.execute("INSERT INTO meta VALUES ('epoch', '3')")
+    db.close()
+    store = await SQLiteStorage.open(path)
+    try:
+        assert await store.count() == len(records)
+        assert await store.get_many(list(records)) == {k: Record(k, v) for k, v in records.items()}
+        assert await store.list_keys("88.118.8", offset=1000, limit=5) == (1200, [f"88.118.8/{i:04d}" for i in
+                                                                                   range(1000, 1005)])
+        assert await store.prefixes() == ["0.NA", "88", "88.118.8"]
+        assert await store.last_seq() == len(records) and await store.get_meta("epoch") == "3"
+        assert await store.write([Write("88.118.8/new", url("n"))]) == len(records) + 1
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+        assert [row[1] for row in db.execute("PRAGMA table_info(handles)")] == ["key", "vals"]
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'handles' "
+                          "AND sql IS NOT NULL").fetchall() == []
+    db.close()
+
+
+async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from resolver.storage import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "CHECKPOINT_SECONDS", 0.05)
+    path = tmp_path / "ckpt.db"
+    store = await SQLiteStorage.open(path)
+    try:
+        empty = path.stat().st_size
+        await store.write([Write(f"88/{i}", url("x" * 200)) for i in range(2_000)])  # ~1 MB, in the WAL
+        deadline = time.monotonic() + 5
+        while path.stat().st_size < empty + 500_000:  # commits do not checkpoint below 256 MiB of WAL
+            assert time.monotonic() < deadline, "no checkpoint copied the WAL into the database file"
+            await asyncio.sleep(0.02)
+        assert await store.count() == 2_000
+    finally:
+        await store.close()
+
+
+async def test_big_batches_are_written_in_multi_row_statements(tmp_path: Path) -> None:
+    store = await SQLiteStorage.open(tmp_path / "big.db")
+    try:
+        for size in (1, 199, 200, 201, 401, 1000):  # around ROWS_PER_STATEMENT
+            base = await store.last_seq()
+            writes = [Write(f"88/{size}-{i}", url(i)) for i in range(size)]
+            assert await store.write(writes) == base + size
+            assert await store.count() == base + size
+            changes = await store.changes(base, limit=size + 1)
+            assert [c.key for c in changes] == [w.key for w in writes]
+            assert [c.seq for c in changes] == list(range(base + 1, base + size + 1))
+    finally:
+        await store.close()
 
 
 async def test_failure_while_logging_rolls_back_the_records(tmp_path: Path) -> None:

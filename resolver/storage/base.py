@@ -7,18 +7,63 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from resolver.codec import pack_values, unpack_values
 from resolver.records import Record
 from resolver.values import HandleValue
 
 __all__ = ["Change", "Storage", "Write", "digest_records"]
 
 
-@dataclass(frozen=True, slots=True)
 class Write:
-    """One write of a batch: store ``values`` under ``key``, or delete the record when ``values`` is None."""
+    """One write of a batch: store ``values`` under ``key``, or delete the record when ``values`` is None.
 
-    key: str
-    values: tuple[HandleValue, ...] | None
+    A put can also be built from its stored form, ``Write.packed(key, blob)`` with ``blob`` exactly
+    ``codec.pack_values`` output (bulk registration packs each record once, straight from the wire):
+    storage then writes the blob as it is, and the values are decoded only if someone reads them.
+    Either way ``values`` and ``blob`` agree, and neither changes once made.
+    """
+
+    __slots__ = ("_blob", "_values", "key")
+
+    def __init__(self, key: str, values: Sequence[HandleValue] | None) -> None:
+        self.key = key
+        self._values = None if values is None else tuple(values)
+        self._blob: bytes | None = None
+
+    @classmethod
+    def packed(cls, key: str, blob: bytes) -> Write:
+        write = cls.__new__(cls)
+        write.key, write._values, write._blob = key, None, blob
+        return write
+
+    @property
+    def is_delete(self) -> bool:
+        return self._values is None and self._blob is None
+
+    @property
+    def values(self) -> tuple[HandleValue, ...] | None:
+        if self._values is None and self._blob is not None:
+            self._values = unpack_values(self._blob)
+        return self._values
+
+    @property
+    def blob(self) -> bytes | None:
+        """``codec.pack_values(values)``, packed at most once; None for a delete. Raises what
+        ``pack_values`` raises (TypeError, ValueError, OverflowError) for values it cannot encode."""
+        if self._blob is None and self._values is not None:
+            self._blob = pack_values(self._values)
+        return self._blob
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Write):
+            return NotImplemented
+        return (self.key, self.values) == (other.key, other.values)
+
+    def __hash__(self) -> int:
+        return hash((self.key, self.values))
+
+    def __repr__(self) -> str:
+        return f"Write({self.key!r}, {self.values!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +103,10 @@ class Storage(Protocol):
     async def get(self, key: str) -> Record | None: ...
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Record]: ...
+
+    async def existing(self, keys: Sequence[str]) -> set[str]:
+        """Which of ``keys`` have a record: one query for a whole batch, nothing decoded."""
+        ...
 
     async def write(self, writes: Sequence[Write]) -> int:
         """Apply ``writes`` atomically; return the sequence number of the last change appended."""
