@@ -73,6 +73,36 @@ def encode(file: Path, fmt: str | None, batch_size: int) -> None:
     )
 
 
+@main.command()
+@click.option("--count", type=click.IntRange(min=1), default=1_000_000, show_default=True)
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench-results"),
+    show_default=True,
+    help="Directory for bulk.json.",
+)
+def bulk(count: int, concurrency: int, batch_size: int, out: Path) -> None:
+    """Register COUNT generated identifiers into an enterprise node with `idres register`, and the same
+    rows with sqlite3 executemany in one transaction (the baseline); rates, ratio, node peak RSS."""
+    from benchmarks.bulk import run_bulk
+
+    result = run_bulk(count, out, concurrency, batch_size)
+    click.echo(f"identifiers            {result['identifiers']:>12,}")
+    click.echo(
+        f"idres register         {result['idres_register']['per_second']:>12,} /s "
+        f"({result['idres_register']['seconds']} s, file -> HTTP -> node SQLite)"
+    )
+    click.echo(
+        f"sqlite3 executemany    {result['sqlite3_executemany']['per_second']:>12,} /s "
+        f"({result['sqlite3_executemany']['seconds']} s, baseline)"
+    )
+    click.echo(f"ratio                  {result['ratio']:>12}")
+    click.echo(f"node peak RSS          {result['node_peak_rss_mib']:>10} MiB")
+
+
 # The load benchmarks parse their own options (``python -m benchmarks resolve --help`` lists them).
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 

@@ -1,0 +1,177 @@
+"""``python -m benchmarks bulk``: file -> `idres register` -> an enterprise node's SQLite, against sqlite3.
+
+In one run: generate N records (``benchmarks.datagen``), start an enterprise node (``idres serve`` on a
+copy of the default topology with free ports), time ``idres register`` loading the file over HTTP, and
+sample the node's resident memory; then insert the same rows with plain ``sqlite3`` ``executemany`` in
+one transaction (the baseline: no HTTP, no validation, no change log). Prints both rates, their ratio
+and the node's peak RSS, and writes them as JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from benchmarks.datagen import write
+from benchmarks.topology import topology_text
+from nodes.topology import DEFAULT_TOPOLOGY
+
+__all__ = ["run_bulk"]
+
+SECRET = "bulk-benchmark-secret"
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _wait_healthy(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not become healthy")
+
+
+def baseline_sqlite(csv_path: Path, db_path: Path) -> float:
+    """Seconds to insert every row of ``csv_path`` (key + msgpack of its cells) with executemany, one
+    transaction, WAL + synchronous=NORMAL like the node: the floor of what SQLite itself costs."""
+    started = time.perf_counter()
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute("CREATE TABLE handles (key TEXT PRIMARY KEY, vals BLOB NOT NULL) WITHOUT ROWID")
+    with csv_path.open(newline="", encoding="utf-8") as f:
+        rows = csv.reader(f)
+        header = next(rows)
+        packb = msgpack.packb
+        with db:
+            db.executemany(
+                "INSERT INTO handles VALUES (?, ?)",
+                (
+                    (
+                        row[0],
+                        packb([[i, t, v] for i, (t, v) in enumerate(zip(header[1:], row[1:], strict=True), 1) if v]),
+                    )
+                    for row in rows
+                ),
+            )
+    db.close()
+    return time.perf_counter() - started
+
+
+def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="idres-bulk-"))
+    data_file = work / "records.csv"
+    started = time.perf_counter()
+    with data_file.open("w", encoding="utf-8", newline="") as f:
+        write(f, count, "88.118.8", fmt="csv")
+    generated = time.perf_counter() - started
+
+    topology = work / "topology.toml"
+    topology.write_text(topology_text(DEFAULT_TOPOLOGY.read_text(), cold=False))
+    import tomllib
+
+    url = "http://" + tomllib.loads(topology.read_text())["nodes"]["automaker"]["listen"]
+    env = {**os.environ, "IDRES_ADMIN_SECRET": SECRET, "IDRES_SECRET": SECRET}
+    node = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nodes",
+            "serve",
+            "--node",
+            "automaker",
+            "--topology",
+            str(topology),
+            "--data",
+            str(work / "data"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    peak = 0
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, _rss_kib(node.pid))
+            time.sleep(0.1)
+
+    try:
+        _wait_healthy(url)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        load = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "nodes",
+                "register",
+                str(data_file),
+                "--server",
+                url,
+                "--user",
+                "300:0.NA/88.118.8",
+                "--quiet",
+                "--concurrency",
+                str(concurrency),
+                "--batch-size",
+                str(batch_size),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        loaded = time.perf_counter() - started
+        sampling = False
+        sampler.join()
+        if load.returncode != 0:
+            raise RuntimeError(f"idres register failed ({load.returncode}): {load.stdout[-500:]} {load.stderr[-500:]}")
+    finally:
+        sampling = False
+        node.terminate()
+        node.wait(timeout=20)
+
+    base_seconds = baseline_sqlite(data_file, work / "baseline.sqlite3")
+    result = {
+        "identifiers": count,
+        "idres_register": {"seconds": round(loaded, 2), "per_second": round(count / loaded)},
+        "sqlite3_executemany": {"seconds": round(base_seconds, 2), "per_second": round(count / base_seconds)},
+        "ratio": round((count / loaded) / (count / base_seconds), 3),
+        "node_peak_rss_mib": round(peak / 1024, 1),
+        "generate_seconds": round(generated, 2),
+        "options": {"concurrency": concurrency, "batch_size": batch_size},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "register_summary": load.stdout.strip().splitlines()[-1:] if load.stdout else [],
+    }
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "bulk.json").write_text(json.dumps(result, indent=2))
+    return result
