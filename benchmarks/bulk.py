@@ -13,6 +13,8 @@ import csv
 import json
 import os
 import platform
+import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,12 +28,22 @@ from typing import Any
 import msgpack
 
 from benchmarks.datagen import write
-from benchmarks.topology import topology_text
 from nodes.topology import DEFAULT_TOPOLOGY
 
 __all__ = ["run_bulk"]
 
 SECRET = "bulk-benchmark-secret"
+
+
+def _free_ports(text: str) -> str:
+    """The default topology with every node on a free port, so a running `idres up` is not disturbed."""
+
+    def free(_: re.Match[str]) -> str:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return f'listen = "127.0.0.1:{s.getsockname()[1]}"'
+
+    return re.sub(r'listen = "127\.0\.0\.1:\d+"', free, text)
 
 
 def _rss_kib(pid: int) -> int:
@@ -92,7 +104,7 @@ def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int
     generated = time.perf_counter() - started
 
     topology = work / "topology.toml"
-    topology.write_text(topology_text(DEFAULT_TOPOLOGY.read_text(), cold=False))
+    topology.write_text(_free_ports(DEFAULT_TOPOLOGY.read_text()))
     import tomllib
 
     url = "http://" + tomllib.loads(topology.read_text())["nodes"]["automaker"]["listen"]
