@@ -1,0 +1,248 @@
+"""The load tool: installing wrk when it is missing, running it pinned to a core, and reading its output.
+
+wrk is closed-loop: each of its connections sends the next request only when the previous answer
+arrived, so a server that stalls is sent less and its stall is under-counted (coordinated omission,
+``shared/reference/perf.md`` §5). Its requests/s are throughput at saturation; its percentiles are
+service times at that concurrency, not latencies at a fixed offered rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+__all__ = [
+    "SPREAD_LUA",
+    "WrkResult",
+    "ensure_wrk",
+    "parse_duration",
+    "parse_prometheus",
+    "parse_wrk",
+    "percentile",
+    "pin",
+    "request_path",
+    "run_wrk",
+    "summarize",
+    "write_paths",
+]
+
+SPREAD_LUA = Path(__file__).with_name("lua") / "spread.lua"
+_JSON_MARK = "IDRES-WRK-JSON "
+# The same characters the resolver's own client leaves unencoded in a handle (resolver/client.py).
+_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+class ToolError(RuntimeError):
+    """A benchmark tool is missing or failed; the message says what to do."""
+
+
+def ensure_wrk() -> str:
+    """The path of ``wrk``, installed with apt-get (as root) when it is not on PATH."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise ToolError("wrk is not installed and this is not root: install it (apt-get install wrk) and rerun")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    steps = (["apt-get", "install", "-y", "wrk"], ["apt-get", "update"], ["apt-get", "install", "-y", "wrk"])
+    output = ""
+    for step in steps:  # install; if the package lists are missing or stale, update them and retry
+        done = subprocess.run(step, capture_output=True, text=True, env=env, check=False)
+        output = done.stdout[-2000:] + done.stderr[-2000:]
+        if step[1] == "install" and done.returncode == 0 and shutil.which("wrk"):
+            return shutil.which("wrk") or "wrk"
+    raise ToolError(f"could not install wrk with apt-get (running as root):\n{output}")
+
+
+def request_path(handle: str) -> str:
+    """The request path of ``handle`` on the HANDLE.NET REST API, encoded as the resolver's client does."""
+    return "/api/handles/" + quote(handle, safe=_SAFE)
+
+
+def write_paths(path: Path, handles: Iterable[str]) -> int:
+    """Write one request path per line for ``spread.lua``; returns how many."""
+    count = 0
+    with open(path, "w", encoding="ascii") as out:
+        for handle in handles:
+            out.write(request_path(handle) + "\n")
+            count += 1
+    if not count:
+        raise ValueError("no handles to write")
+    return count
+
+
+@dataclass(slots=True)
+class WrkResult:
+    """One wrk run. Latencies are in milliseconds."""
+
+    requests: int
+    seconds: float
+    rps: float
+    latency_ms: dict[str, float]
+    errors: dict[str, int] = field(default_factory=dict)
+    non_2xx: int = 0
+    command: str = ""
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "failed": self.failed}
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def parse_duration(text: str) -> float:
+    """A wrk duration such as ``812.00us``, ``1.23ms``, ``2.01s`` or ``1.00m``, in milliseconds."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*(us|ms|s|m|h)\s*", text)
+    if match is None:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """Read wrk's text output and, when present, the JSON line ``spread.lua``'s ``done()`` prints.
+
+    The JSON line is preferred (exact microseconds, p99.9); without it the ``--latency`` distribution
+    and the summary lines are used.
+    """
+    errors: dict[str, int] = {}
+    socket = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket:
+        errors = dict(zip(("connect", "read", "write", "timeout"), map(int, socket.groups()), strict=True))
+    non_2xx_match = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    non_2xx = int(non_2xx_match.group(1)) if non_2xx_match else 0
+    for line in output.splitlines():
+        if line.startswith(_JSON_MARK):
+            data = json.loads(line[len(_JSON_MARK) :])
+            seconds = data["duration_us"] / 1e6
+            exact = {k: v / 1000 for k, v in data["latency_us"].items()}
+            errors = {k: int(v) for k, v in data["errors"].items() if k != "status"}
+            non_2xx = int(data["errors"].get("status", non_2xx))
+            return WrkResult(
+                data["requests"], seconds, data["requests"] / seconds if seconds else 0.0, exact, errors, non_2xx
+            )
+    total = re.search(r"(\d+) requests in ([0-9.]+\w+),", output)
+    rps = re.search(r"Requests/sec:\s*([0-9.]+)", output)
+    if total is None or rps is None:
+        raise ValueError("wrk output has no summary (did the run fail?):\n" + output[-1000:])
+    latency: dict[str, float] = {}
+    for pct, value in re.findall(r"^\s*(\d+)%\s+([0-9.]+\w+)\s*$", output, flags=re.M):
+        latency[f"p{pct}"] = parse_duration(value)
+    avg = re.search(r"Latency\s+([0-9.]+\w+)\s+([0-9.]+\w+)\s+([0-9.]+\w+)", output)
+    if avg:
+        latency.update(
+            mean=parse_duration(avg.group(1)), stdev=parse_duration(avg.group(2)), max=parse_duration(avg.group(3))
+        )
+    return WrkResult(
+        int(total.group(1)), parse_duration(total.group(2)) / 1000, float(rps.group(1)), latency, errors, non_2xx
+    )
+
+
+def pin(pid: int, cpus: set[int] | None) -> None:
+    """Pin a process to ``cpus`` (None: every CPU again). A no-op where affinity is not supported."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    with contextlib.suppress(OSError, ValueError):  # the process may have exited already
+        os.sched_setaffinity(pid, cpus if cpus is not None else set(range(os.cpu_count() or 1)))
+
+
+def load_cpus() -> tuple[set[int] | None, set[int] | None]:
+    """(server CPU, load-generator CPU): the first and the last CPU, or no pinning on a single CPU."""
+    count = os.cpu_count() or 1
+    if count < 2:
+        return None, None
+    return {0}, {count - 1}
+
+
+def run_wrk(
+    url: str,
+    paths_file: Path,
+    *,
+    duration: float = 10.0,
+    connections: int = 64,
+    threads: int = 1,
+    cpus: set[int] | None = None,
+    extra: Sequence[str] = (),
+) -> WrkResult:
+    """Run wrk with ``spread.lua`` over ``paths_file`` against ``url`` (scheme, host and port)."""
+    wrk = ensure_wrk()
+    cmd = [
+        wrk,
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{duration:g}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(SPREAD_LUA),
+        *extra,
+        url,
+        "--",
+        str(paths_file),
+    ]
+
+    def pin_self() -> None:
+        if cpus is not None:
+            pin(0, cpus)
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, preexec_fn=pin_self, check=False)
+    if done.returncode != 0:
+        raise ToolError(f"wrk failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
+    result = parse_wrk(done.stdout)
+    result.command = " ".join([Path(cmd[0]).name, *cmd[1:]])
+    return result
+
+
+def percentile(sorted_values: Sequence[float], pct: float) -> float:
+    """The nearest-rank percentile of an ascending list (what HdrHistogram and wrk report): the
+    smallest value with at least ``pct`` percent of the values at or below it."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(1, -(-len(sorted_values) * pct // 100))  # ceil without floats going wrong at 100
+    return float(sorted_values[min(int(rank), len(sorted_values)) - 1])
+
+
+def summarize(latencies_ms: Iterable[float]) -> dict[str, float]:
+    """count, mean and the p50/p90/p99/p99.9/max of latencies in milliseconds."""
+    values = sorted(latencies_ms)
+    if not values:
+        return {"count": 0}
+    out = {"count": float(len(values)), "mean": sum(values) / len(values)}
+    for name, pct in (("p50", 50), ("p90", 90), ("p99", 99), ("p99.9", 99.9)):
+        out[name] = percentile(values, pct)
+    out["max"] = values[-1]
+    return out
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_prometheus(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a Prometheus text exposition: (name, sorted labels) -> value."""
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            continue
+        labels = tuple(sorted(_LABEL.findall(match.group(2) or "")))
+        try:
+            samples[(match.group(1), labels)] = float(match.group(3))
+        except ValueError:
+            continue
+    return samples
