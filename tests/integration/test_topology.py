@@ -133,6 +133,12 @@ def test_up_twice_keeps_data_duplicates_nothing_and_stops_every_node(tmp_path: P
     status, _ = request("PUT", f"{automaker}/api/handles/88.118.8/KEPT",
                         json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://kept"}]}).encode(), creds)
     assert status == 200
+    # The mirror's own log grows as it applies the primary's changes: compare once it has them all.
+    primary, mirror = first.urls["chongqing-top"], first.urls["chengdu-top"]
+    deadline = time.monotonic() + 10
+    while (get_json(mirror + "/api/replication/status")[1].get("appliedSeq", 0)
+           < get_json(primary + "/healthz")[1]["lastSeq"]) and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.05)
     seqs = {name: get_json(url + "/healthz")[1].get("lastSeq") for name, url in first.urls.items()}
     assert node_pids(data), "the nodes run as their own processes"
     assert stop(first) == 0
