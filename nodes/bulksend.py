@@ -22,7 +22,7 @@ import msgpack
 
 from nodes.bulkfile import Batch, Rejected
 from resolver.auth import is_hashed, verify_secret
-from resolver.client import HandleClient, basic_auth
+from resolver.client import HandleClient, basic_auth, error_reason
 from resolver.codec import MSGPACK
 from resolver.errors import HandleError, UpstreamError
 from resolver.values import HandleValue, value_from_wire
@@ -113,14 +113,6 @@ def decode_reply(raw: bytes, content_type: str, expected: int) -> dict[str, Any]
     return out
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    return str(exc) or type(exc).__name__
-
-
 class BatchSender:
     """Sends batches to one server with one identity and turns the answers into outcomes."""
 
@@ -171,7 +163,7 @@ class BatchSender:
                     reply = decode_reply(await resp.read(), resp.content_type, batch.count)
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                problem = _reason(exc)
+                problem = error_reason(exc)
             else:
                 verdict = self._problem(status, reply)
                 if verdict is None:

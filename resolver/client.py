@@ -16,7 +16,7 @@ from resolver.errors import HandleError, UpstreamError
 from resolver.sites import site_servers
 from resolver.values import value_from_wire
 
-__all__ = ["HandleClient", "Hop", "Reply", "Resolution", "basic_auth"]
+__all__ = ["HandleClient", "Hop", "Reply", "Resolution", "basic_auth", "error_reason"]
 
 # Handle suffixes may hold any printable character; keep "/" readable, encode the rest that URLs need.
 _SAFE = "/:@!$&'()*+,;=-._~"
@@ -61,7 +61,8 @@ class Resolution:
 _PASSED_BACK = ("Content-Type", "WWW-Authenticate", "Location")
 
 
-def _reason(exc: BaseException) -> str:
+def error_reason(exc: BaseException) -> str:
+    """A short reason for a failed HTTP exchange, for messages that list what each server said."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
@@ -112,7 +113,7 @@ class HandleClient:
                     parsed = {"responseCode": 2, "message": raw[:200].decode("utf-8", "replace")}
                 return Reply(resp.status, parsed if isinstance(parsed, dict) else {"responseCode": 2})
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, _reason(exc))]) from exc
+            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, error_reason(exc))]) from exc
 
     async def forward(
         self, method: str, base_url: str, path_qs: str, headers: Mapping[str, str], body: bytes | None
@@ -127,7 +128,7 @@ class HandleClient:
                 passed.setdefault("Content-Type", "application/json")
                 return resp.status, passed, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, _reason(exc))]) from exc
+            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, error_reason(exc))]) from exc
 
     async def get(self, base_url: str, handle: str, **kw: Any) -> Reply:
         return await self.request("GET", base_url, "/api/handles/" + quote(handle, safe=_SAFE), **kw)
