@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,7 @@ __all__ = ["RecursiveConfig", "create_recursive_app", "root_servers"]
 
 API = "/api/handles/"
 _CONTENT_TYPES = {JSON: "application/json; charset=utf-8", MSGPACK: MSGPACK}
+_HEADERS = {media: {"Content-Type": content_type} for media, content_type in _CONTENT_TYPES.items()}
 _PREFETCH, _STALE = Freshness.PREFETCH, Freshness.STALE  # an enum member read via its class costs 100 ns
 # Headers a forwarded request keeps: what the authoritative node needs to authenticate and decode.
 _FORWARDED = ("Authorization", "Content-Type", "Accept")
@@ -85,24 +87,40 @@ class _HotPath:
 
     ``handles`` maps the raw path of a query-less GET to the identifier parsed from it the first time
     it was asked: a hit then costs a dict lookup, the cache lookup and a ``web.Response`` of
-    pre-encoded bytes. It is bounded like the cache and simply starts again when full. The hits are
-    tallied as plain integers and added to the Prometheus counters when ``/metrics`` is scraped.
+    pre-encoded bytes. ``fresh`` goes one step further for JSON answers: raw path -> (cache entry,
+    body, status), served without the cache lookup while the entry is ``live`` and before its
+    ``prefetch_at`` (after that the lookup decides: prefetch, expiry); the hit is counted on the entry
+    (so the LRU order still sees it, ``Cache.count_fresh_hits``). Measured on the 100,000-identifier
+    hot-cache benchmark, that lookup and its LRU bookkeeping were a tenth of a hit's cost. Both maps are
+    bounded like the cache and simply start again when full. The hits are tallied as plain integers
+    and added to the Prometheus counters when ``/metrics`` is scraped.
     """
 
-    __slots__ = ("answers", "cache", "handles", "limit", "not_found", "resolver")
+    __slots__ = ("answers", "cache", "clock", "fresh", "fresh_hits", "handles", "limit", "not_found", "resolver")
 
     def __init__(self, limit: int) -> None:
         self.resolver: RecursiveResolver | None = None  # set when the application starts
         self.cache: Cache | None = None  # the resolver's
+        self.clock: Callable[[], float] = time.monotonic  # the cache's, once it is known
         self.handles: dict[str, tuple[Handle, str]] = {}  # raw path -> (identifier, its cache key)
+        self.fresh: dict[str, tuple[Entry, bytes, int]] = {}  # raw path -> (entry, JSON body, status)
         self.limit = limit
         self.answers = 0  # 200 answers served by the hot path since the last scrape
         self.not_found = 0  # and 404 ones
+        self.fresh_hits = 0  # of those, the ones served from ``fresh``
+
+    def remember(self, raw: str, entry: Entry, body: bytes) -> None:
+        if len(self.fresh) >= self.limit:
+            self.fresh.clear()
+        self.fresh[raw] = (entry, body, 200 if entry.values is not None else 404)
 
     def flush_into(self, metrics: NodeMetrics) -> Callable[[], None]:
         answered, not_found = metrics.resolutions.labels("answer"), metrics.resolutions.labels("not_found")
 
         def flush() -> None:
+            fresh_hits, self.fresh_hits = self.fresh_hits, 0
+            if fresh_hits and self.cache is not None:
+                self.cache.count_fresh_hits(fresh_hits)
             answers, self.answers = self.answers, 0
             missing, self.not_found = self.not_found, 0
             if answers:
@@ -117,11 +135,25 @@ class _HotPath:
 
 def _get_handler(hot: _HotPath, metrics: NodeMetrics) -> Handler:
     async def get_handle(request: web.Request) -> web.StreamResponse:
-        known = hot.handles.get(request.raw_path)  # only query-less paths are kept there
+        raw = request.raw_path
+        headers = request.headers
+        fresh = hot.fresh.get(raw)  # only query-less paths are kept there
+        if fresh is not None and "Authorization" not in headers:
+            held, answer, status = fresh
+            accept = headers.get("Accept")
+            if held.live and hot.clock() < held.prefetch_at and (accept is None or choose_media_type(accept) == JSON):
+                held.hits += 1
+                hot.fresh_hits += 1
+                if status == 200:
+                    hot.answers += 1
+                else:
+                    hot.not_found += 1
+                return web.Response(body=answer, status=status, headers=_HEADERS[JSON])
+        known = hot.handles.get(raw)  # only query-less paths are kept there
         handle: Handle | None = None
         entry: Entry | None = None
         usable = False
-        if known is not None and "Authorization" not in request.headers:
+        if known is not None and "Authorization" not in headers:
             assert hot.cache is not None and hot.resolver is not None
             handle, key = known
             # RecursiveResolver.lookup() inlined: this is the one place where a call matters.
@@ -133,16 +165,18 @@ def _get_handler(hot: _HotPath, metrics: NodeMetrics) -> Handler:
                 usable = freshness is not _STALE
             if usable:
                 assert entry is not None
-                accept = request.headers.get("Accept")
+                accept = headers.get("Accept")
                 media = JSON if accept is None else choose_media_type(accept)
                 body = entry.encoded.get((handle.text, media))
                 if body is not None:
                     # The hot path: the bytes were encoded for the first client that asked this way.
+                    if media == JSON:
+                        hot.remember(raw, entry, body)
                     if entry.values is None:
                         hot.not_found += 1
-                        return web.Response(body=body, status=404, headers={"Content-Type": _CONTENT_TYPES[media]})
+                        return web.Response(body=body, status=404, headers=_HEADERS[media])
                     hot.answers += 1
-                    return web.Response(body=body, headers={"Content-Type": _CONTENT_TYPES[media]})
+                    return web.Response(body=body, headers=_HEADERS[media])
         try:
             response = await _get_slow(request, hot, handle, entry, usable)
         except Exception as exc:
@@ -376,6 +410,7 @@ def create_recursive_app(config: RecursiveConfig) -> web.Application:
     async def hot_path_ctx(app: web.Application) -> AsyncIterator[None]:
         hot.resolver = app[RECURSIVE]
         hot.cache = hot.resolver.cache
+        hot.clock = hot.cache.clock
         yield
 
     app.cleanup_ctx.append(_resolver_ctx)

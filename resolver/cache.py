@@ -100,6 +100,13 @@ class Entry:
     prefetch_at: float  # clock time from which a hot hit asks for a refresh
     hits: int = 0
     prefetching: bool = False
+    # False once the cache no longer holds this entry (replaced, invalidated, evicted or gone stale):
+    # a caller that kept a reference to it (the recursive node's hot path) must look again.
+    live: bool = True
+    # ``hits`` when the entry last moved to the recent end of the LRU order. A caller may count a
+    # fresh hit without moving it (``Cache.count_fresh_hits``); eviction gives such an entry a second
+    # chance instead (the CLOCK approximation of LRU).
+    placed_hits: int = 0
     # Response bodies keyed by (handle text as sent, media type). The driver fills it on the first hit,
     # so later hits cost a dict lookup; it goes with the entry when the entry is replaced.
     encoded: dict[tuple[str, str], bytes] = field(default_factory=dict)
@@ -161,6 +168,7 @@ class Cache:
         if now < entry.expires:
             self._entries.move_to_end(key)
             entry.hits += 1
+            entry.placed_hits = entry.hits
             stats.hits += 1
             if entry.values is None:
                 stats.negative_hits += 1
@@ -174,8 +182,19 @@ class Cache:
         if now < entry.stale_until:
             return entry, _STALE
         del self._entries[key]
+        entry.live = False
         stats.expired += 1
         return None
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The cache's clock: an entry is fresh while ``clock() < entry.expires``."""
+        return self._clock
+
+    def count_fresh_hits(self, hits: int) -> None:
+        """Count ``hits`` fresh hits served from entries the caller held (``live`` and before their
+        ``prefetch_at``) without ``lookup``; each one's ``hits`` was raised by the caller."""
+        self.stats.hits += hits
 
     def store_answer(self, key: str, values: Iterable[HandleValue]) -> Entry:
         """Cache an answer's public values, replacing any entry for ``key``; TTL from the smallest value TTL.
@@ -199,7 +218,9 @@ class Cache:
 
     def invalidate(self, key: str) -> None:
         """Forget ``key``: a write through this node changed it (DESIGN §5)."""
-        self._entries.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            entry.live = False
 
     def served_stale(self) -> None:
         """Count a STALE entry the driver served because every upstream failed."""
@@ -209,11 +230,23 @@ class Cache:
         entry = self._entry(key, values, ttl)
         entries = self._entries
         # A new Entry, not an update: prefetching, hits and encoded bodies start again with the new data.
+        old = entries.get(key)
+        if old is not None:
+            old.live = False
         entries[key] = entry
         entries.move_to_end(key)
         self.stats.insertions += 1
         while len(entries) > self.config.max_entries:
-            entries.popitem(last=False)
+            oldest_key = next(iter(entries))
+            oldest = entries[oldest_key]
+            if oldest is entry or oldest.hits != oldest.placed_hits:
+                # The new entry itself, or hit since it last moved (count_fresh_hits): recently used
+                # after all. Each entry passed over is marked, so the loop ends within one round.
+                oldest.placed_hits = oldest.hits
+                entries.move_to_end(oldest_key)
+                continue
+            del entries[oldest_key]
+            oldest.live = False
             self.stats.evictions += 1
         return entry
 

@@ -124,6 +124,48 @@ def test_least_recently_used_entry_is_evicted_first() -> None:
     assert cache.stats.evictions == 2
 
 
+def test_hits_counted_without_a_lookup_still_keep_an_entry_from_eviction() -> None:
+    cache, _ = make(max_entries=3)
+    cache.store_answer("a", (value(),))
+    held = cache.lookup("a")
+    assert held is not None
+    cache.store_answer("b", (value(),))
+    cache.store_answer("c", (value(),))  # LRU order: a b c
+    held[0].hits += 1  # a served from a held reference (the recursive node's hot path), not moved
+    cache.count_fresh_hits(1)
+    cache.store_answer("d", (value(),))
+    assert cache.lookup("b") is None, "a was used after b: b is the least recently used"
+    assert [freshness(cache, k) for k in "acd"] == [Freshness.FRESH] * 3
+    assert held[0].live and cache.stats.evictions == 1
+    assert cache.stats.hits == 1 + 1 + 3
+
+
+def test_an_entry_the_cache_no_longer_holds_is_not_live() -> None:
+    cache, clock = make(max_entries=1)
+    cache.store_answer("a", (value(),))
+    replaced = cache.lookup("a")
+    cache.store_answer("a", (value(2),))
+    invalidated = cache.lookup("a")
+    cache.invalidate("a")
+    cache.store_answer("b", (value(),))
+    evicted = cache.lookup("b")
+    cache.store_answer("c", (value(),))
+    assert replaced and invalidated and evicted
+    assert not (replaced[0].live or invalidated[0].live or evicted[0].live)
+    kept = cache.lookup("c")
+    assert kept is not None and kept[0].live
+
+
+def test_a_new_entry_is_never_the_one_evicted_to_make_room_for_itself() -> None:
+    cache, _ = make(max_entries=1)
+    cache.store_answer("a", (value(),))
+    held = cache.lookup("a")
+    assert held is not None
+    held[0].hits += 1  # hit since it last moved: it gets a second chance, but "b" must stay
+    cache.store_answer("b", (value(),))
+    assert cache.lookup("a") is None and freshness(cache, "b") == Freshness.FRESH
+
+
 def test_not_found_entries_share_the_bound() -> None:
     cache, _ = make(max_entries=2)
     cache.store_answer("a", (value(),))

@@ -240,7 +240,8 @@ async def test_msgpack_when_the_client_asks_for_it(tree: Tree) -> None:
 
 
 async def test_a_put_is_forwarded_with_credentials_and_invalidates_the_cache(tree: Tree) -> None:
-    await tree.get(DEMO_CAR)
+    for _ in range(3):  # a miss, a hit, then a hit from the hot path's held entry
+        await tree.get(DEMO_CAR)
     model = {"values": [{"index": 2, "type": "MODEL", "data": "CQ-EV7 facelift"}]}
     status, body, _ = await tree.call("PUT", DEMO_CAR, params={"index": "2"}, headers=CARMAKER_OPERATOR, body=model)
     assert (status, body) == (200, {"responseCode": 1, "handle": DEMO_CAR})
@@ -251,7 +252,8 @@ async def test_a_put_is_forwarded_with_credentials_and_invalidates_the_cache(tre
 
     # A not-found answer is cached too, and a create through this node drops it.
     new = "88.118.8/VIN-NEW-0001"
-    assert (await tree.get(new))[0] == 404
+    for _ in range(3):
+        assert (await tree.get(new))[0] == 404
     status, body, _ = await tree.call(
         "PUT", new, params={"overwrite": "false"}, headers=CARMAKER_OPERATOR, body={"values": model["values"]}
     )
