@@ -141,7 +141,7 @@ def test_hits_counted_without_a_lookup_still_keep_an_entry_from_eviction() -> No
 
 
 def test_an_entry_the_cache_no_longer_holds_is_not_live() -> None:
-    cache, clock = make(max_entries=1)
+    cache, _ = make(max_entries=1)
     cache.store_answer("a", (value(),))
     replaced = cache.lookup("a")
     cache.store_answer("a", (value(2),))
