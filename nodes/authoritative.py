@@ -14,6 +14,7 @@ from prometheus_client.metrics_core import Metric
 
 from nodes.authority import Answer, Authority
 from nodes.batch import setup_batch
+from nodes.batchpool import DEFAULT_WORKERS
 from nodes.federation import remote_verifier
 from nodes.http import error_middleware, handle_from_path, query_bool, query_int, query_ints, read_body, respond
 from nodes.keys import AUTHORITY, CLIENT, CONFIG, METRICS, REPLICATION
@@ -288,6 +289,6 @@ def create_app(config: AuthoritativeConfig) -> web.Application:
     app.router.add_route("GET", "/api/handles/{handle:.+}", get_handle)
     app.router.add_route("PUT", "/api/handles/{handle:.+}", put_handle)
     app.router.add_route("DELETE", "/api/handles/{handle:.+}", delete_handle)
-    setup_batch(app)
+    setup_batch(app, DEFAULT_WORKERS if config.spec.batch_workers is None else config.spec.batch_workers)
     setup_replication(app)
     return app

@@ -44,6 +44,9 @@ class NodeSpec:
     description: str = ""
     # A primary acknowledges a write only once a mirror has applied it (the topology's sync_mirrors).
     sync_mirrors: bool = False
+    # Processes that decode and validate large POST /api/batch bodies beside the event loop (the
+    # topology's batch_workers; None: the default, nodes.batchpool.DEFAULT_WORKERS; 0: none).
+    batch_workers: int | None = None
     # A recursive node's [nodes.NAME.cache] and [nodes.NAME.upstream] tables.
     cache: CacheConfig = DEFAULT_CACHE_CONFIG
     upstream: UpstreamConfig = DEFAULT_UPSTREAM_CONFIG
@@ -159,6 +162,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
         "root_hints",
         "description",
         "sync_mirrors",
+        "batch_workers",
         "cache",
         "upstream",
     }
@@ -182,9 +186,12 @@ def _node(name: str, raw: Any) -> NodeSpec:
     sync_mirrors = raw.get("sync_mirrors", False)
     if not isinstance(sync_mirrors, bool):
         raise ConfigError(f"{where}: sync_mirrors must be true or false, not {sync_mirrors!r}")
+    batch_workers = raw.get("batch_workers")
+    if batch_workers is not None and (type(batch_workers) is not int or not 0 <= batch_workers <= 64):
+        raise ConfigError(f"{where}: batch_workers must be a number of processes from 0 to 64, not {batch_workers!r}")
     if role == "recursive":
-        if "prefix" in raw or "sync_mirrors" in raw:
-            raise ConfigError(f"{where}: a recursive node owns no prefix and has no mirrors")
+        if "prefix" in raw or "sync_mirrors" in raw or "batch_workers" in raw:
+            raise ConfigError(f"{where}: a recursive node owns no prefix, has no mirrors and takes no batches")
         hints = _str_list(raw.get("root_hints", []), f"{where} root_hints")
         return NodeSpec(
             name,
@@ -213,6 +220,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
         mirror_of=mirror_of if isinstance(mirror_of, str) else None,
         description=str(raw.get("description", "")),
         sync_mirrors=sync_mirrors,
+        batch_workers=batch_workers,
     )
 
 
@@ -238,6 +246,7 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
             hosts=primary.hosts,
             mirror_of=primary.name,
             description=node.description,
+            batch_workers=node.batch_workers,  # a promoted mirror takes batches too
         )
     seen: dict[tuple[str, int], str] = {}
     owners: dict[str, str] = {}

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nodes import batch
+from nodes import batchpool, batchprep
 from nodes.keys import AUTHORITY
 from resolver.codec import pack_rows, pack_values, value_row
 from resolver.config import Limits
@@ -47,8 +47,8 @@ def create(handle: str, values: list[dict[str, Any]] | None = None) -> dict[str,
 class BatchNode:
     """The secondary node of test_node_api (88.118, hosting 88.118.9) and a client for it."""
 
-    def __init__(self, server: TestServer, session: ClientSession) -> None:
-        self.server, self.session = server, session
+    def __init__(self, server: TestServer, session: ClientSession, mode: str = "loop") -> None:
+        self.server, self.session, self.mode = server, session, mode
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server.port}{path}"
@@ -89,14 +89,18 @@ class BatchNode:
         return result
 
 
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[BatchNode]:
+@pytest.fixture(params=["loop", "workers"])
+async def node(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[BatchNode]:
+    """Every batch prepared in the event loop, or every batch (whatever its size) by worker processes."""
+    monkeypatch.setattr(batchpool, "MIN_WORKER_BYTES", 0 if request.param == "workers" else 1 << 60)
     port = free_port()
     limits = Limits(max_body_bytes=64_000, max_value_bytes=1_000, max_batch_bytes=2_000_000)
     server = TestServer(make_app(tmp_path / "sec.sqlite3", port, limits), host="127.0.0.1", port=port)
     await server.start_server()
     async with ClientSession() as session:
-        yield BatchNode(server, session)
+        yield BatchNode(server, session, request.param)
     await server.close()
 
 
@@ -322,6 +326,8 @@ async def test_stage_times_are_exported(node: BatchNode) -> None:
     assert 'idres_batch_operations_total{outcome="applied"} 1.0' in text
     assert 'idres_batch_operations_total{outcome="failed"} 1.0' in text
     assert 'idres_batch_stage_seconds_total{stage="validate"}' in text
+    waited = [line for line in text.splitlines() if line.startswith('idres_batch_stage_seconds_total{stage="worker"}')]
+    assert len(waited) == 1 and (float(waited[0].split()[-1]) > 0) == (node.mode == "workers")
 
 
 # -- replication ----------------------------------------------------------------------------------------
@@ -474,10 +480,10 @@ def test_identifiers_are_parsed_exactly_as_parse_handle_does(texts_: list[str]) 
             expected = parse_handle(text)
         except InvalidHandle as exc:
             with pytest.raises(InvalidHandle) as info:
-                batch._parse(text)
+                batchprep._parse(text)
             assert info.value.message == exc.message
             continue
-        key, zone, handle = batch._parse(text)
+        key, zone, handle = batchprep._parse(text)
         assert (key, zone) == (expected.key, expected.zone)
         assert (handle is not None) == expected.is_prefix_handle
 

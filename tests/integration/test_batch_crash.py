@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,15 @@ from tests.integration.test_crash import SECRET, serve, wait_healthy
 pytestmark = pytest.mark.integration
 
 WRITERS = 4
-BATCH = 400
+BATCH = 2500  # ~320 KB bodies: prepared by the node's worker processes (nodes.batchpool)
 KILL_AFTER = 12  # acknowledged batches
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def url_of(handle: str) -> str:
@@ -86,12 +94,26 @@ async def test_kill_9_during_batches_loses_no_acknowledged_item(tmp_path: Path) 
     node = serve(topology, data)
     try:
         await asyncio.to_thread(wait_healthy, url)
+        workers: set[int] = set()
+
+        async def watch() -> None:  # the node's worker processes, seen while it runs
+            while node.poll() is None:
+                workers.update(_children(node.pid))
+                await asyncio.sleep(0.05)
+
+        watcher = asyncio.create_task(watch())
         acked, unacked = await post_until_killed(url, node)
         assert node.wait(timeout=10) == -signal.SIGKILL
+        await watcher
     finally:
         if node.poll() is None:
             node.kill()
     assert len(acked) >= KILL_AFTER
+    assert workers, "the node prepared the batches in worker processes"
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a batch worker outlived the killed node"
 
     node = serve(topology, data)  # a restart recovers the WAL
     try:
