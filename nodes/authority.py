@@ -332,10 +332,11 @@ class Authority:
         async with self._write_lock:
             self.read_only, self.read_only_message = message is not None, message
 
-    async def commit(self, writes: Sequence[Write]) -> int:
-        """Write ``writes`` in one transaction (under ``write_lock``); the last change's seq."""
+    async def commit(self, writes: Sequence[Write], *, created: bool = False) -> int:
+        """Write ``writes`` in one transaction (under ``write_lock``); the last change's seq.
+        ``created``: every key was checked, under the lock, to have no record (``Storage.write``)."""
         try:
-            return await self.store.write(writes)
+            return await self.store.write(writes, created=created)
         finally:
             for hook in self.on_commit:
                 hook()

@@ -39,7 +39,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from nodes.authority import Authority, changes_needed
 from nodes.batchpool import BatchWorkers
-from nodes.batchprep import CHUNK, Op, failure, hash_secrets, pack_op, prepare_chunk
+from nodes.batchprep import CHUNK, Creates, Op, Prepared, failure, hash_secrets, pack_op, prepare_chunk
 from nodes.http import read_bytes, respond
 from nodes.keys import AUTHORITY, CONFIG, METRICS
 from resolver.auth import Identity, Perm
@@ -53,6 +53,7 @@ from resolver.errors import (
     PermissionDenied,
 )
 from resolver.limits import Limits
+from resolver.names import Handle
 from resolver.records import Record, keep_row_timestamps
 from resolver.storage import Write
 from resolver.values import HandleValue
@@ -235,103 +236,110 @@ class _Decider:
 
 async def _prepare_all(
     body: bytes, media: str, limits: Limits, stats: BatchStats, workers: BatchWorkers
-) -> list[Op | dict[str, Any]]:
+) -> Prepared:
     seconds = stats.seconds
     clock = time.perf_counter
     started = clock()
     now = int(time.time())
-    prepared: list[Op | dict[str, Any]] = []
-    wired = await workers.prepare(body, media, limits, now) if workers.wanted(body) else None
-    if wired is not None:
-        t0 = clock()
-        seconds["worker"] += t0 - started
-        from_wire = Op.from_wire
-        prepared = [item if type(item) is dict else from_wire(i, item) for i, item in enumerate(wired)]  # type: ignore[arg-type]
-        seconds["unwire"] += clock() - t0
-    else:
-        _, raw_ops = batch_operations(body, media, limits.max_batch_operations)
-        collecting = gc.isenabled()
-        packer = row_packer()
-        while True:
-            gc.disable()  # see prepare_chunk
-            try:
-                t0 = clock()
-                chunk = list(islice(raw_ops, CHUNK))
-                t1 = clock()
-                seconds["decode"] += t1 - t0 + (t0 - started if not prepared else 0.0)
-                if not chunk:
-                    break
-                prepared.extend(prepare_chunk(chunk, len(prepared), now, limits, packer))
-                del chunk
-                seconds["validate"] += clock() - t1
-            finally:
-                if collecting:
-                    gc.enable()
-            await asyncio.sleep(0)  # let other requests in between chunks
-    secret = [op for op in prepared if type(op) is Op and op.secret]
+    prepared = await workers.prepare(body, media, limits, now) if workers.wanted(body) else None
+    if prepared is not None:
+        seconds["worker"] += clock() - started
+        return prepared
+    prepared = Prepared.empty()
+    _, raw_ops = batch_operations(body, media, limits.max_batch_operations)
+    collecting = gc.isenabled()
+    packer = row_packer()
+    while True:
+        gc.disable()  # see prepare_chunk
+        try:
+            t0 = clock()
+            chunk = list(islice(raw_ops, CHUNK))
+            t1 = clock()
+            seconds["decode"] += t1 - t0 + (t0 - started if not prepared.size else 0.0)
+            if not chunk:
+                break
+            prepared = prepared.add(prepare_chunk(chunk, prepared.size, now, limits, packer), prepared.size)
+            del chunk
+            seconds["validate"] += clock() - t1
+        finally:
+            if collecting:
+                gc.enable()
+        await asyncio.sleep(0)  # let other requests in between chunks
+    return prepared
+
+
+async def _items(prepared: Prepared, stats: BatchStats) -> list[Op | dict[str, Any]]:
+    """Every operation as an Op (secrets hashed, all packed) or its failure result, in order."""
+    t0 = time.perf_counter()
+    items = prepared.items()
+    stats.seconds["unwire"] += time.perf_counter() - t0
+    secret = [op for op in items if type(op) is Op and op.secret]
     if secret:
-        t0 = clock()
+        t0 = time.perf_counter()
         await asyncio.to_thread(hash_secrets, secret)
         for op in secret:
             failed = pack_op(op)
             if failed is not None:
-                prepared[op.position] = failed
-        seconds["hash"] += clock() - t0
-    return prepared
+                items[op.position] = failed
+        stats.seconds["hash"] += time.perf_counter() - t0
+    return items
 
 
-def _only_plain_creates(ops: list[Op]) -> bool:
-    """Creates of ordinary handles with values of the common kind: what bulk loads are made of."""
-    return all(op.simple and op.kind == "create" for op in ops)
-
-
-async def _decide_creates(authority: Authority, ops: list[Op], results: list[dict[str, Any]]) -> list[Write]:
-    """``_Decider`` for the operator's plain creates (``_only_plain_creates``), at a fraction of the
+async def _decide_creates(authority: Authority, creates: Creates, results: list[dict[str, Any]]) -> list[Write]:
+    """``_Decider`` for the operator's plain creates (``batchprep.Creates``), at a fraction of the
     cost: routing once per prefix, then only existence decides (in the store or earlier in the batch)."""
-    existing = await authority.store.existing([op.key for op in ops])
+    existing = await authority.store.existing(creates.keys)
     routes: dict[str, NotResponsible | None] = {}
     writes: list[Write] = []
     packed = Write.packed
-    for op in ops:
-        zone = op.zone
+    for position, text, key, zone, blob in zip(
+        creates.positions, creates.texts, creates.keys, creates.zones, creates.blobs, strict=True
+    ):
         if zone not in routes:
             try:
-                authority.route_write(op.handle_of())
+                authority.route_write(Handle(text, zone, key[len(zone) + 1 :]))
                 routes[zone] = None
             except NotResponsible as exc:
                 routes[zone] = exc
         refused = routes[zone]
         if refused is not None:
-            results[op.position] = failure(refused.response_code, op.text, refused.message)
-        elif op.key in existing:
-            message = f"{op.text} already exists (create; upsert replaces a record)"
-            results[op.position] = failure(HandleAlreadyExists.response_code, op.text, message)
+            results[position] = failure(refused.response_code, text, refused.message)
+        elif key in existing:
+            message = f"{text} already exists (create; upsert replaces a record)"
+            results[position] = failure(HandleAlreadyExists.response_code, text, message)
         else:
-            existing.add(op.key)
-            assert op.blob is not None, "puts are packed before they are decided"
-            writes.append(packed(op.key, op.blob))
-            results[op.position] = {"responseCode": 1, "handle": op.text}
+            existing.add(key)
+            writes.append(packed(key, blob))
+            results[position] = {"responseCode": 1, "handle": text}
     return writes
 
 
 async def _apply(
-    authority: Authority, identity: Identity, prepared: list[Op | dict[str, Any]], stats: BatchStats
+    authority: Authority, identity: Identity, prepared: Prepared, stats: BatchStats
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Decide and commit under the write lock; (results, applied, last seq)."""
     seconds = stats.seconds
     clock = time.perf_counter
-    ops = [op for op in prepared if isinstance(op, Op)]
-    results: list[dict[str, Any]] = [{} if isinstance(op, Op) else op for op in prepared]
+    results: list[dict[str, Any]] = [{}] * prepared.size
+    ops: list[Op] = []
+    decider: _Decider | None = None
+    if authority.is_operator(identity) and not prepared.others:
+        for position, result in prepared.failures:
+            results[position] = result
+    else:
+        items = await _items(prepared, stats)
+        ops = [op for op in items if isinstance(op, Op)]
+        results = [{} if isinstance(op, Op) else op for op in items]
+        decider = _Decider(authority, identity, ops)
     writes: list[Write] = []
-    fast = authority.is_operator(identity) and _only_plain_creates(ops)
-    decider = None if fast else _Decider(authority, identity, ops)
     t0 = clock()
     async with authority.write_lock:
         t1 = clock()
         authority.refuse_if_read_only()  # again: the node may have been demoted meanwhile
         if decider is None:
-            writes = await _decide_creates(authority, ops, results)
-            t2 = t3 = clock()
+            t2 = clock()
+            writes = await _decide_creates(authority, prepared.creates, results)
+            t3 = clock()
         else:
             await decider.load(ops)
             t2 = clock()
@@ -351,14 +359,15 @@ async def _apply(
                 seconds["authorise"] += clock() - t
                 await asyncio.sleep(0)
             t3 = clock()
-        seq = await authority.commit(writes) if writes else await authority.store.last_seq()
+        seq = await authority.commit(writes, created=decider is None) if writes else await authority.store.last_seq()
         t4 = clock()
         if decider is not None:
             for prefix, values in decider.prefixes:
                 authority.learn_write(prefix, values, secrets=False)
             authority.learn_write(None, None, secrets=decider.secrets)
     seconds["lock"] += t1 - t0
-    seconds["authorise"] += t3 - t2 if decider is None else 0.0
+    if decider is None:
+        seconds["authorise"] += t3 - t2
     seconds["sqlite"] += t2 - t1 + t4 - t3
     if writes:
         await authority.acknowledge(seq)

@@ -16,6 +16,7 @@ it saves.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -23,9 +24,8 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
 
-from nodes.batchprep import prepare_body
+from nodes.batchprep import Prepared, prepare_body
 from resolver.limits import Limits
 
 __all__ = ["DEFAULT_WORKERS", "MIN_WORKER_BYTES", "BatchWorkers"]
@@ -38,12 +38,23 @@ DEFAULT_WORKERS = min(2, os.cpu_count() or 1)
 # Bodies from this size (about 1,000 identifiers of ~250 bytes) go to a worker; below it sending
 # the body and the result back costs more than preparing it in the loop.
 MIN_WORKER_BYTES = 256 * 1024
+# Workers run at a lower CPU priority than the node (see _start_worker).
+WORKER_NICENESS = 10
 # How often a worker checks that the node that started it still runs.
 PARENT_POLL_SECONDS = 0.5
 
 
+def _start_worker(parent: int) -> None:
+    """In each worker: yield the CPU to the node's own threads, and exit once the node is gone."""
+    with contextlib.suppress(OSError, AttributeError):  # no os.nice on Windows
+        # Commits (under the node's write lock, in its SQLite thread) and reads come first: a
+        # worker preparing the next batch must not slow the one batch that holds the lock.
+        os.nice(WORKER_NICENESS)
+    _exit_with_parent(parent)
+
+
 def _exit_with_parent(parent: int) -> None:
-    """In each worker: exit once the node is gone, even killed with SIGKILL (its pool cannot say so)."""
+    """Exit once the node is gone, even killed with SIGKILL (its pool cannot say so)."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -71,14 +82,12 @@ class BatchWorkers:
             self._pool = ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_exit_with_parent,
+                initializer=_start_worker,
                 initargs=(os.getpid(),),
             )
         return self._pool
 
-    async def prepare(
-        self, body: bytes, media: str, limits: Limits, now: int
-    ) -> list[tuple[Any, ...] | dict[str, Any]] | None:
+    async def prepare(self, body: bytes, media: str, limits: Limits, now: int) -> Prepared | None:
         """``batchprep.prepare_body`` in a worker; None if the pool broke (prepare it in the loop).
         A body that cannot be read raises its ProtocolError here, as in the loop."""
         loop = asyncio.get_running_loop()

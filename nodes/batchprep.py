@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterable
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -29,16 +29,26 @@ from resolver.names import MAX_HANDLE_LENGTH, Handle, parse_handle
 from resolver.records import parse_put_body
 from resolver.values import HandleValue, simple_value_rows
 
-__all__ = ["CHUNK", "KINDS", "Op", "Prepared", "failure", "hash_secrets", "pack_op", "prepare_body", "prepare_chunk"]
+__all__ = [
+    "CHUNK",
+    "KINDS",
+    "Creates",
+    "Op",
+    "Prepared",
+    "failure",
+    "hash_secrets",
+    "pack_op",
+    "prepare_body",
+    "prepare_chunk",
+]
 
 # Operations decoded and validated between two yields to the event loop: ~3 ms of work here.
 CHUNK = 250
 KINDS = ("create", "upsert", "delete")
 # Flags of Op.to_wire.
 _PREFIX_HANDLE, _SIMPLE, _SECRET = 1, 2, 4
-
-Prepared = list["Op | dict[str, Any]"]
-
+# Op.to_wire(): kind, text, key, zone, flags, packed values.
+WireOp = tuple[str, str, str, str, int, "bytes | None"]
 
 class Op:
     """One valid operation, waiting for the decision under the write lock."""
@@ -76,7 +86,7 @@ class Op:
             self.values = tuple(map(row_value, self.rows_of()))
         return self.values
 
-    def to_wire(self) -> tuple[str, str, str, str, int, bytes | None]:
+    def to_wire(self) -> WireOp:
         """What another process needs to rebuild it (``from_wire``); the values as their packed blob
         (still clear text for a secret: the node hashes those itself)."""
         if self.blob is None and self.kind != "delete":
@@ -85,7 +95,7 @@ class Op:
         return self.kind, self.text, self.key, self.zone, flags | (_SECRET if self.secret else 0), self.blob
 
     @classmethod
-    def from_wire(cls, position: int, wire: tuple[str, str, str, str, int, bytes | None]) -> Op:
+    def from_wire(cls, position: int, wire: WireOp) -> Op:
         kind, text, key, zone, flags, blob = wire
         op = cls(position, kind, text, key, zone, parse_handle(text) if flags & _PREFIX_HANDLE else None)
         op.simple, op.secret, op.blob = bool(flags & _SIMPLE), bool(flags & _SECRET), blob
@@ -191,19 +201,71 @@ def prepare_chunk(
     return items
 
 
-def prepare_body(body: bytes, media: str, limits: Limits, now: int) -> list[tuple[Any, ...] | dict[str, Any]]:
-    """A whole batch body, prepared: per operation ``Op.to_wire()`` or its failure result. A body
-    that cannot be read raises ``ProtocolError`` (pickled back to the node by the worker pool)."""
+class Creates(NamedTuple):
+    """Creates of ordinary handles with values of the common kind, packed (what bulk loads are made
+    of), as columns: sent between processes and decided without an ``Op`` each."""
+
+    positions: list[int]
+    texts: list[str]
+    keys: list[str]
+    zones: list[str]
+    blobs: list[bytes]
+
+
+class Prepared(NamedTuple):
+    """A prepared batch: every operation is in exactly one of the three, by its position."""
+
+    size: int  # operations
+    failures: list[tuple[int, dict[str, Any]]]
+    creates: Creates
+    others: list[tuple[int, WireOp]]  # Op.to_wire() of the rest
+
+    @classmethod
+    def empty(cls) -> Prepared:
+        return cls(0, [], Creates([], [], [], [], []), [])
+
+    def add(self, items: list[Op | dict[str, Any]], base: int) -> Prepared:
+        """These, prepared by ``prepare_chunk`` from operation ``base`` on, added."""
+        creates, failures, others = self.creates, self.failures, self.others
+        for position, item in enumerate(items, base):
+            if type(item) is not Op:
+                failures.append((position, item))  # type: ignore[arg-type]
+            elif item.simple and item.kind == "create" and item.blob is not None:
+                creates.positions.append(position)
+                creates.texts.append(item.text)
+                creates.keys.append(item.key)
+                creates.zones.append(item.zone)
+                creates.blobs.append(item.blob)
+            else:
+                others.append((position, item.to_wire()))
+        return self._replace(size=max(self.size, base + len(items)))
+
+    def items(self) -> list[Op | dict[str, Any]]:
+        """Every operation in order: an Op (``Op.from_wire``) or its failure result."""
+        out: list[Op | dict[str, Any]] = [{}] * self.size
+        for position, result in self.failures:
+            out[position] = result
+        c = self.creates
+        for position, text, key, zone, blob in zip(c.positions, c.texts, c.keys, c.zones, c.blobs, strict=True):
+            op = out[position] = Op(position, "create", text, key, zone, None)
+            op.simple, op.blob = True, blob
+        for position, wire in self.others:
+            out[position] = Op.from_wire(position, wire)
+        return out
+
+
+def prepare_body(body: bytes, media: str, limits: Limits, now: int) -> Prepared:
+    """A whole batch body, prepared: the worker process's entry point. A body that cannot be read
+    raises ``ProtocolError`` (pickled back to the node by the worker pool)."""
     _, raw_ops = batch_operations(body, media, limits.max_batch_operations)
     packer = row_packer()
-    out: list[tuple[Any, ...] | dict[str, Any]] = []
+    prepared = Prepared.empty()
     collecting = gc.isenabled()
     gc.disable()
     try:
         while chunk := list(islice(raw_ops, CHUNK)):
-            for item in prepare_chunk(chunk, len(out), now, limits, packer):
-                out.append(item.to_wire() if isinstance(item, Op) else item)
+            prepared = prepared.add(prepare_chunk(chunk, prepared.size, now, limits, packer), prepared.size)
     finally:
         if collecting:
             gc.enable()
-    return out
+    return prepared

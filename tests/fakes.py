@@ -46,7 +46,7 @@ class MemoryStorage:
         self._check_open()
         return {k for k in keys if k in self._records}
 
-    async def write(self, writes: Sequence[Write]) -> int:
+    async def write(self, writes: Sequence[Write], *, created: bool = False) -> int:
         self._check_open()
         # All that can fail happens before anything changes, so a failed batch leaves no trace.
         staged: list[tuple[str, bytes | None]] = []

@@ -531,10 +531,63 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (2,)
-        assert [row[1] for row in db.execute("PRAGMA table_info(handles)")] == ["key", "vals"]
+        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert [row[1] for row in db.execute("PRAGMA table_info(handles)")] == ["key", "vals", "seq"]
         assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'handles' "
                           "AND sql IS NOT NULL").fetchall() == []
+    db.close()
+
+
+async def test_a_version_2_file_keeps_its_change_log_and_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE handles (key TEXT PRIMARY KEY, vals BLOB NOT NULL) WITHOUT ROWID;"
+            "CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL,"
+            "    op TEXT NOT NULL CHECK (op IN ('put', 'delete')), vals BLOB, ts INTEGER NOT NULL);"
+            "CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "PRAGMA user_version = 2;"
+        )
+        db.execute("INSERT INTO handles VALUES ('88.118.8/a', ?)", (pack_values(url(2)),))
+        db.executemany(
+            "INSERT INTO changes (key, op, vals, ts) VALUES ('88.118.8/a', 'put', ?, 1)",
+            [(pack_values(url(1)),), (pack_values(url(2)),)],
+        )
+    db.close()
+    store = await SQLiteStorage.open(path)
+    try:
+        await store.write([Write("88.118.8/a", url(3))])
+        assert [(c.seq, c.values) for c in await store.changes(0)] == [(1, url(1)), (2, url(2)), (3, url(3))]
+        assert await store.get("88.118.8/a") == Record("88.118.8/a", url(3))
+    finally:
+        await store.close()
+
+
+async def test_the_latest_put_of_a_key_is_stored_once_and_history_reads_as_written(tmp_path: Path) -> None:
+    store = await SQLiteStorage.open(tmp_path / "once.db")
+    try:
+        await store.write([Write("88.118.8/a", url(1)), Write("88.118.8/b", url(1))], created=True)
+        await store.write([Write("88.118.8/a", url(2)), Write("88.118.8/a", url(3)), Write("88.118.8/c", url(1))])
+        await store.write([Write("88.118.8/b", None), Write("88.118.8/c", EVERY_FORMAT)])
+        await store.write([Write("88.118.8/b", url(4))])
+        expected = [
+            (1, "88.118.8/a", "put", url(1)),
+            (2, "88.118.8/b", "put", url(1)),
+            (3, "88.118.8/a", "put", url(2)),
+            (4, "88.118.8/a", "put", url(3)),
+            (5, "88.118.8/c", "put", url(1)),
+            (6, "88.118.8/b", "delete", ()),
+            (7, "88.118.8/c", "put", EVERY_FORMAT),
+            (8, "88.118.8/b", "put", url(4)),
+        ]
+        assert [(c.seq, c.key, c.op, c.values) for c in await store.changes(0)] == expected
+        assert [(c.seq, c.values) for c in await store.changes(4, limit=2)] == [(5, url(1)), (6, ())]
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "once.db") as db:
+        # Only the changes that are some key's latest put have no copy: their values are the record's.
+        assert [seq for (seq,) in db.execute("SELECT seq FROM changes WHERE op = 'put' AND vals IS NULL")] == [4, 7, 8]
+        assert dict(db.execute("SELECT key, seq FROM handles")) == {"88.118.8/a": 4, "88.118.8/c": 7, "88.118.8/b": 8}
     db.close()
 
 
@@ -546,7 +599,7 @@ async def test_the_wal_is_checkpointed_in_the_background(tmp_path: Path, monkeyp
     store = await SQLiteStorage.open(path)
     try:
         empty = path.stat().st_size
-        await store.write([Write(f"88/{i}", url("x" * 200)) for i in range(2_000)])  # ~1 MB, in the WAL
+        await store.write([Write(f"88/{i}", url("x" * 500)) for i in range(2_000)])  # ~1 MB, in the WAL
         deadline = time.monotonic() + 5
         while path.stat().st_size < empty + 500_000:  # commits do not checkpoint below 256 MiB of WAL
             assert time.monotonic() < deadline, "no checkpoint copied the WAL into the database file"

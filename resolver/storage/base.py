@@ -108,8 +108,9 @@ class Storage(Protocol):
         """Which of ``keys`` have a record: one query for a whole batch, nothing decoded."""
         ...
 
-    async def write(self, writes: Sequence[Write]) -> int:
-        """Apply ``writes`` atomically; return the sequence number of the last change appended."""
+    async def write(self, writes: Sequence[Write], *, created: bool = False) -> int:
+        """Apply ``writes`` atomically; return the sequence number of the last change appended.
+        ``created``: the caller made sure (under its write lock) that none of the keys has a record."""
         ...
 
     async def list_keys(self, prefix: str, *, offset: int = 0, limit: int | None = None) -> tuple[int, list[str]]:

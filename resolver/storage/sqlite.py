@@ -25,7 +25,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 _T = TypeVar("_T")
 log = logging.getLogger("idres.storage")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # How long a statement waits for a lock held by another connection (another process on the same
 # file, or a checkpoint) before failing with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
@@ -51,7 +51,8 @@ CREATE TABLE IF NOT EXISTS handles (
     -- "PREFIX/SUFFIX": a prefix's records are the key range ['PREFIX/', 'PREFIX0') ("0" follows "/"),
     -- so listing a prefix is a range scan of the primary key and needs no index of its own.
     key  TEXT PRIMARY KEY,
-    vals BLOB NOT NULL  -- codec.pack_values
+    vals BLOB NOT NULL,  -- codec.pack_values
+    seq  INTEGER         -- the change that wrote vals, when that change keeps no copy of them
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS changes (
     -- AUTOINCREMENT: a seq is never reused, even after the newest entries are removed, so a
@@ -59,7 +60,10 @@ CREATE TABLE IF NOT EXISTS changes (
     seq  INTEGER PRIMARY KEY AUTOINCREMENT,
     key  TEXT NOT NULL,
     op   TEXT NOT NULL CHECK (op IN ('put', 'delete')),
-    vals BLOB,             -- NULL for a delete
+    -- A put's values; NULL for a delete, and for the latest put of a key, whose values are the
+    -- record's (handles.seq = seq): written once, not twice. Before the record changes again,
+    -- the values are copied here (_KEEP_HISTORY), so every put still reads as it was written.
+    vals BLOB,
     ts   INTEGER NOT NULL  -- seconds since the epoch
 );
 CREATE TABLE IF NOT EXISTS meta (
@@ -74,13 +78,30 @@ COMMIT;
 # to update on every write, for listings the primary key serves as well. Rebuilt without them.
 _UPGRADE_FROM_1 = f"""
 BEGIN IMMEDIATE;
-CREATE TABLE handles_v2 (key TEXT PRIMARY KEY, vals BLOB NOT NULL) WITHOUT ROWID;
-INSERT INTO handles_v2 (key, vals) SELECT key, vals FROM handles ORDER BY key;
+CREATE TABLE handles_v3 (key TEXT PRIMARY KEY, vals BLOB NOT NULL, seq INTEGER) WITHOUT ROWID;
+INSERT INTO handles_v3 (key, vals) SELECT key, vals FROM handles ORDER BY key;
 DROP TABLE handles;
-ALTER TABLE handles_v2 RENAME TO handles;
+ALTER TABLE handles_v3 RENAME TO handles;
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
+# Version 2 copied every put's values into the change log as well: a bulk load wrote each record
+# twice. Its change rows all hold their values, so handles.seq starts NULL (nothing to copy).
+_UPGRADE_FROM_2 = f"""
+BEGIN IMMEDIATE;
+ALTER TABLE handles ADD COLUMN seq INTEGER;
+PRAGMA user_version = {SCHEMA_VERSION};
+COMMIT;
+"""
+_UPGRADES = {1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2}
+# Before records change: the change rows that left their values to them (the keys' latest puts)
+# get a copy, so the log keeps reading as written (a JSON array of keys, one parameter).
+_KEEP_HISTORY = (
+    "UPDATE changes SET vals = (SELECT h.vals FROM handles AS h WHERE h.key = changes.key) "
+    "WHERE seq IN (SELECT h.seq FROM json_each(?) AS j JOIN handles AS h ON h.key = j.value WHERE h.seq IS NOT NULL)"
+)
+# How many keys one _KEEP_HISTORY statement takes.
+_KEEP_CHUNK = 10_000
 
 _DELETE = "DELETE FROM handles WHERE key = ?"
 # Records and change rows are inserted ROWS_PER_STATEMENT at a time by one multi-row statement: a
@@ -94,8 +115,12 @@ def _insert(rows: int, head: str, width: int, tail: str = "") -> str:
 
 
 def _upsert(rows: int) -> str:
-    return _insert(
-        rows, "INSERT INTO handles (key, vals) VALUES ", 2, " ON CONFLICT (key) DO UPDATE SET vals = excluded.vals"
+    """Records ``(key, vals, offset)``; parameter 1 is the batch's first seq, and each record's seq is
+    that plus the offset of the change that wrote it."""
+    marks = ",".join(f"(?{3 * i + 2},?{3 * i + 3},?1+?{3 * i + 4})" for i in range(rows))
+    return (
+        f"INSERT INTO handles (key, vals, seq) VALUES {marks} "
+        "ON CONFLICT (key) DO UPDATE SET vals = excluded.vals, seq = excluded.seq"
     )
 
 
@@ -241,7 +266,7 @@ class SQLiteStorage:
         if version < SCHEMA_VERSION:
             try:
                 # One transaction each: a crash leaves the old version and no half-made schema.
-                await writer.executescript(_UPGRADE_FROM_1 if version == 1 else _SCHEMA)
+                await writer.executescript(_UPGRADES.get(version, _SCHEMA))
             except BaseException:
                 if writer.in_transaction:
                     await writer.execute("ROLLBACK")
@@ -309,7 +334,9 @@ class SQLiteStorage:
 
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
         rows = await self._read(
-            "SELECT seq, key, op, vals, ts FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT c.seq, c.key, c.op, CASE WHEN c.op = 'put' AND c.vals IS NULL "
+            "THEN (SELECT h.vals FROM handles AS h WHERE h.key = c.key) ELSE c.vals END, c.ts "
+            "FROM changes AS c WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
             (after, max(limit, 0)),
         )
         return [Change(seq, key, op, unpack_values(vals) if op == "put" else (), ts) for seq, key, op, vals, ts in rows]
@@ -355,7 +382,7 @@ class SQLiteStorage:
 
         await self._locked(run)
 
-    async def write(self, writes: Sequence[Write]) -> int:
+    async def write(self, writes: Sequence[Write], *, created: bool = False) -> int:
         if not writes:
             return await self.last_seq()
         # Encode before taking the lock: the transaction holds the file's write lock, keep it short.
@@ -368,34 +395,47 @@ class SQLiteStorage:
                 raise HandleError(f"storage error: cannot encode the values of {w.key!r}: {exc}") from exc
         ts = int(time.time())
         # Later writes to a key win, so only each key's final state touches the records table; every
-        # write still gets its own change row, in order.
-        final: dict[str, bytes | None] = {}
-        for w, blob in zip(writes, blobs, strict=True):
-            final[w.key] = blob
-        deletes = [(key,) for key, blob in final.items() if blob is None]
-        puts = [(key, blob) for key, blob in final.items() if blob is not None]
+        # write still gets its own change row, in order. A key's final put leaves its values to the
+        # record (vals NULL, handles.seq pointing at it); an earlier one in the same batch keeps a copy.
+        final: dict[str, int] = {}
+        for i, w in enumerate(writes):
+            final[w.key] = i
+        deletes = [(key,) for key, i in final.items() if blobs[i] is None]
+        puts = [(key, blobs[i], i) for key, i in final.items() if blobs[i] is not None]
         log: list[tuple[str, Literal["put", "delete"], bytes | None, int]] = [
-            (w.key, "delete" if blob is None else "put", blob, ts) for w, blob in zip(writes, blobs, strict=True)
+            (w.key, "delete" if blob is None else "put", None if final[w.key] == i else blob, ts)
+            for i, (w, blob) in enumerate(zip(writes, blobs, strict=True))
         ]
         put_chunks, put_rest, put_rest_rows = _split(puts)
         log_chunks, log_rest, log_rest_rows = _split(log, keep_last=True)
+        # Keys whose latest change may have left its values to the record; none if the caller
+        # checked under its write lock that every key is new (``created``).
+        changed = [] if created else list(final)
 
         async def transaction() -> int:
-            # Each awaited aiosqlite call is a thread hop (~65 µs), so a batch of any size costs at
-            # most seven: BEGIN, deletes, full and last upserts, full and last log inserts, COMMIT.
+            # Each awaited aiosqlite call is a thread hop (~65 µs), so a batch of any size costs a
+            # handful: BEGIN, history copies, next seq, deletes, upserts, log inserts, COMMIT.
             db = self._writer
             await db.execute("BEGIN IMMEDIATE")
             try:
+                for start in range(0, len(changed), _KEEP_CHUNK):
+                    await db.execute(_KEEP_HISTORY, (json.dumps(changed[start : start + _KEEP_CHUNK]),))
+                # AUTOINCREMENT gives the next rows sqlite_sequence's seq + 1, + 2...: this batch's
+                # seqs are known before they are inserted (and checked after).
+                rows = list(await db.execute_fetchall("SELECT seq FROM sqlite_sequence WHERE name = 'changes'"))
+                first = (int(rows[0][0]) if rows else 0) + 1
                 if deletes:
                     await db.executemany(_DELETE, deletes)
                 if put_chunks:
-                    await db.executemany(_UPSERT_FULL, put_chunks)
+                    await db.executemany(_UPSERT_FULL, [[first, *chunk] for chunk in put_chunks])
                 if put_rest_rows:
-                    await db.execute(_upsert(put_rest_rows), put_rest)
+                    await db.execute(_upsert(put_rest_rows), [first, *put_rest])
                 if log_chunks:
                     await db.executemany(_APPEND_FULL, log_chunks)
                 # execute_insert returns last_insert_rowid() in the same hop: the batch's last seq.
                 row = await db.execute_insert(_append(log_rest_rows), log_rest)
+                if row is None or int(row[0]) != first + len(log) - 1:
+                    raise HandleError(f"storage error: the change log did not number this batch from {first}")
                 await db.execute("COMMIT")
             except BaseException:
                 # Report the error that broke the transaction, not a failure to roll it back (on a
@@ -404,8 +444,6 @@ class SQLiteStorage:
                     if db.in_transaction:
                         await db.execute("ROLLBACK")
                 raise
-            if row is None:  # cannot happen after an INSERT; keeps the type honest
-                raise HandleError("storage error: the change log insert returned no row")
             return int(row[0])
 
         return await self._locked(transaction)
@@ -413,12 +451,14 @@ class SQLiteStorage:
     async def _locked(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         async def run() -> _T:
             async with self._write_lock:
-                self._written = True
                 try:
                     return await operation()
                 except (sqlite3.Error, ValueError) as exc:
                     # ValueError: aiosqlite's "Connection closed", or text sqlite3 cannot encode.
                     raise _storage_error(exc) from exc
+                finally:
+                    # Once it has ended: a checkpoint that ran while it was under way copied none of it.
+                    self._written = True
 
         # Shielded: if the caller is cancelled mid-transaction, the transaction still ends (COMMIT
         # or ROLLBACK) before the lock is released, rather than leaving BEGIN open on the writer.
