@@ -101,6 +101,8 @@ def bulk(count: int, concurrency: int, batch_size: int, out: Path) -> None:
     )
     click.echo(f"ratio                  {result['ratio']:>12}")
     click.echo(f"node peak RSS          {result['node_peak_rss_mib']:>10} MiB")
+    click.echo(f"+ batch workers        {result['node_and_workers_peak_rss_mib']:>10} MiB (node and workers together)")
+    click.echo(f"node database          {result['database_mib']:>10} MiB")
 
 
 # The load benchmarks parse their own options (``python -m benchmarks resolve --help`` lists them).

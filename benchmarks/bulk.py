@@ -1,10 +1,11 @@
 """``python -m benchmarks bulk``: file -> `idres register` -> an enterprise node's SQLite, against sqlite3.
 
 In one run: generate N records (``benchmarks.datagen``), start an enterprise node (``idres serve`` on a
-copy of the default topology with free ports), time ``idres register`` loading the file over HTTP, and
-sample the node's resident memory; then insert the same rows with plain ``sqlite3`` ``executemany`` in
-one transaction (the baseline: no HTTP, no validation, no change log). Prints both rates, their ratio
-and the node's peak RSS, and writes them as JSON.
+copy of the default topology with free ports), time ``idres register`` loading the file over HTTP while
+sampling the resident memory of the node and of its batch worker processes; then insert the same rows
+with plain ``sqlite3`` ``executemany`` in one transaction (the baseline: no HTTP, no validation, no
+change log). Prints both rates, their ratio, the peak RSS of the node (and with its workers) and the
+size of its database, and writes them as JSON.
 """
 
 from __future__ import annotations
@@ -54,6 +55,13 @@ def _rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 def _wait_healthy(url: str, timeout: float = 30.0) -> None:
@@ -126,13 +134,15 @@ def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    peak = 0
+    peak = workers_peak = total_peak = 0  # KiB: the node's process, its batch workers, both at once
     sampling = True
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, workers_peak, total_peak
         while sampling:
-            peak = max(peak, _rss_kib(node.pid))
+            own = _rss_kib(node.pid)
+            workers = sum(_rss_kib(child) for child in _children(node.pid))
+            peak, workers_peak, total_peak = max(peak, own), max(workers_peak, workers), max(total_peak, own + workers)
             time.sleep(0.1)
 
     try:
@@ -171,6 +181,7 @@ def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int
         node.terminate()
         node.wait(timeout=20)
 
+    database = sum(f.stat().st_size for f in (work / "data").glob("automaker.sqlite3*"))
     base_seconds = baseline_sqlite(data_file, work / "baseline.sqlite3")
     result = {
         "identifiers": count,
@@ -178,6 +189,9 @@ def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int
         "sqlite3_executemany": {"seconds": round(base_seconds, 2), "per_second": round(count / base_seconds)},
         "ratio": round((count / loaded) / (count / base_seconds), 3),
         "node_peak_rss_mib": round(peak / 1024, 1),
+        "workers_peak_rss_mib": round(workers_peak / 1024, 1),
+        "database_mib": round(database / 1_048_576, 1),  # records and change log, after the node stopped
+        "node_and_workers_peak_rss_mib": round(total_peak / 1024, 1),
         "generate_seconds": round(generated, 2),
         "options": {"concurrency": concurrency, "batch_size": batch_size},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},

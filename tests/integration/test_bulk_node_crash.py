@@ -1,0 +1,62 @@
+"""kill -9 the enterprise node halfway through `idres register`: nothing acknowledged is lost, the load completes."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from nodes.bulksend import same_values
+from nodes.register import load_checkpoint
+from tests.integration.conftest import copy_topology, urls_of
+from tests.integration.test_crash import SECRET, serve, wait_healthy
+from tests.test_register import COLUMNS, bare, health, idres, stored, write_csv
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 40_000
+BATCH = 2_500  # ~450 KB bodies: prepared by the node's worker processes
+
+
+def test_kill_9_the_node_halfway_and_the_load_completes_exactly_once(tmp_path: Path) -> None:
+    topology = copy_topology(tmp_path / "topology.toml")
+    data = tmp_path / "data"
+    url = urls_of(topology)["automaker"]
+    path = tmp_path / "cars.csv"
+    rows = write_csv(path, RECORDS)
+    node = serve(topology, data)
+    loader = None
+    try:
+        wait_healthy(url)
+        first_seq = health(url)["lastSeq"]  # type: ignore[index]
+        args = [str(path), "--server", url, "--user", "300:0.NA/88.118.8", "--batch-size", str(BATCH)]
+        loader = idres(*args, secret=SECRET)
+        checkpoint = path.with_name("cars.csv.idres-checkpoint")
+        deadline = time.monotonic() + 60
+        while (found := load_checkpoint(checkpoint)) is None or found.lines < RECORDS // 3:
+            assert time.monotonic() < deadline and loader.poll() is None, "the load did not get going"
+            time.sleep(0.005)
+        node.send_signal(signal.SIGKILL)
+        assert node.wait(timeout=10) == -signal.SIGKILL
+        acknowledged = load_checkpoint(checkpoint)
+        assert acknowledged is not None and acknowledged.lines < RECORDS
+        node = serve(topology, data)  # within the loader's retry window: it carries on by itself
+        wait_healthy(url)
+        out, err = loader.communicate(timeout=300)
+        if loader.returncode != 0:  # it gave up meanwhile: running it again completes the load
+            loader = idres(*args, "--resume", secret=SECRET)
+            out, err = loader.communicate(timeout=300)
+        assert loader.returncode == 0, (out, err)
+        assert "rejected 0" in out
+        # Each create is one change-log entry: exactly RECORDS more means none landed twice, none is missing.
+        assert health(url)["lastSeq"] == first_seq + RECORDS  # type: ignore[index]
+        for row in (*rows[: acknowledged.lines - 1 : 997], rows[-1]):  # line 1 of the file is the header
+            sent = [bare(i, t, v) for i, (t, v) in enumerate(zip(COLUMNS, row[1:], strict=True), 1) if v]
+            assert same_values(sent, stored(url, row[0])), f"{row[0]} was acknowledged before the kill"
+    finally:
+        if loader is not None and loader.poll() is None:
+            loader.kill()
+        node.terminate()
+        node.wait(timeout=20)
