@@ -3,8 +3,10 @@
 Each raw operation becomes an ``Op`` (valid so far: what it does is decided later, under the write
 lock, by ``nodes.batch``) or its failure result. This is the part of a batch that costs CPU per
 identifier, so it runs either in the node's event loop, a chunk at a time, or whole in a worker
-process (``nodes.batchpool``): ``prepare_body`` is the worker's entry point and returns plain tuples
-(``Op.to_wire``/``Op.from_wire``), cheap to send between processes.
+process (``nodes.batchpool``): ``prepare_body`` is the worker's entry point. Either way the result is
+a ``Prepared``: failures, the plain creates bulk loads are made of as columns (``Creates``, decided
+without an ``Op`` each), and the rest as tuples (``Op.to_wire``/``Op.from_wire``); all of it plain
+lists, cheap to send between processes.
 
 *validate*: identifiers through a memo of valid prefixes (``parse_handle`` decides the rest), values
 of the common kind through ``values.simple_value_rows`` straight into the stored layout (no
@@ -237,7 +239,10 @@ class Prepared(NamedTuple):
                 creates.zones.append(item.zone)
                 creates.blobs.append(item.blob)
             else:
-                others.append((position, item.to_wire()))
+                try:
+                    others.append((position, item.to_wire()))
+                except (TypeError, ValueError, OverflowError) as exc:  # as pack_op says it
+                    failures.append((position, failure(202, item.text, f"the values cannot be stored: {exc}")))
         return self._replace(size=max(self.size, base + len(items)))
 
     def items(self) -> list[Op | dict[str, Any]]:

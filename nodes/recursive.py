@@ -96,7 +96,10 @@ class _HotPath:
     and added to the Prometheus counters when ``/metrics`` is scraped.
     """
 
-    __slots__ = ("answers", "cache", "clock", "fresh", "fresh_hits", "handles", "limit", "not_found", "resolver")
+    __slots__ = (
+        "answers", "cache", "clock", "fresh", "fresh_answers", "fresh_not_found", "handles", "limit", "not_found",
+        "resolver",
+    )  # fmt: skip
 
     def __init__(self, limit: int) -> None:
         self.resolver: RecursiveResolver | None = None  # set when the application starts
@@ -107,7 +110,8 @@ class _HotPath:
         self.limit = limit
         self.answers = 0  # 200 answers served by the hot path since the last scrape
         self.not_found = 0  # and 404 ones
-        self.fresh_hits = 0  # of those, the ones served from ``fresh``
+        self.fresh_answers = 0  # and the same served from ``fresh``: one integer to add per request
+        self.fresh_not_found = 0
 
     def remember(self, raw: str, entry: Entry, body: bytes) -> None:
         if len(self.fresh) >= self.limit:
@@ -118,11 +122,12 @@ class _HotPath:
         answered, not_found = metrics.resolutions.labels("answer"), metrics.resolutions.labels("not_found")
 
         def flush() -> None:
-            fresh_hits, self.fresh_hits = self.fresh_hits, 0
-            if fresh_hits and self.cache is not None:
-                self.cache.count_fresh_hits(fresh_hits)
-            answers, self.answers = self.answers, 0
-            missing, self.not_found = self.not_found, 0
+            fresh_answers, fresh_not_found = self.fresh_answers, self.fresh_not_found
+            self.fresh_answers = self.fresh_not_found = 0
+            if (fresh_answers or fresh_not_found) and self.cache is not None:
+                self.cache.count_fresh_hits(fresh_answers + fresh_not_found)
+            answers, self.answers = self.answers + fresh_answers, 0
+            missing, self.not_found = self.not_found + fresh_not_found, 0
             if answers:
                 answered.inc(answers)
                 metrics.count_request("GET", 200, answers)
@@ -143,11 +148,10 @@ def _get_handler(hot: _HotPath, metrics: NodeMetrics) -> Handler:
             accept = headers.get("Accept")
             if held.live and hot.clock() < held.prefetch_at and (accept is None or choose_media_type(accept) == JSON):
                 held.hits += 1
-                hot.fresh_hits += 1
                 if status == 200:
-                    hot.answers += 1
-                else:
-                    hot.not_found += 1
+                    hot.fresh_answers += 1
+                    return web.Response(body=answer, headers=_HEADERS[JSON])
+                hot.fresh_not_found += 1
                 return web.Response(body=answer, status=status, headers=_HEADERS[JSON])
         known = hot.handles.get(raw)  # only query-less paths are kept there
         handle: Handle | None = None
