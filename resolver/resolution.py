@@ -313,7 +313,7 @@ class Resolution:
             else:
                 self._fail(f"no HTTP server to ask for {step.name}")
             return None
-        server = self.upstreams.order(untried)[0]
+        server = self.upstreams.choose(untried)
         # Adapt the try to the server's speed only when there is another server to fail over to.
         last = len({s.url for s in untried}) == 1
         timeout = self.upstreams.config.try_timeout if last else self.upstreams.try_timeout(server.url)

@@ -24,6 +24,10 @@ class UpstreamConfig:
     """Weight of a new RTT sample: SRTT = 0.7·old + 0.3·new (BIND ``adb.c``)."""
     initial_srtt: float = 0.010
     """Assumed SRTT of a server never heard from: low, so unknown servers are tried before known-slow ones."""
+    srtt_decay: float = 0.02
+    """Each time a healthy server is passed over for another, its SRTT is multiplied by 1 - srtt_decay
+    (BIND ``adb.c`` ages by 0.98): one that was slow once, a restarted primary's first answers say, is
+    tried again after a while instead of never, and wins its load back if it is fast now."""
     mirror_penalty: float = 1.5
     """A mirror site's SRTT is multiplied by this when ordering, so a primary wins when RTTs are similar
     (and a recovered primary is used again rather than the mirror that stood in for it)."""
@@ -39,6 +43,8 @@ class UpstreamConfig:
             raise ValueError("max_fails must be 0 (never mark down) or more")
         if not 0 < self.srtt_alpha <= 1:
             raise ValueError("srtt_alpha must be in (0, 1]")
+        if not 0 <= self.srtt_decay < 1:
+            raise ValueError("srtt_decay must be in [0, 1)")
         if not 0 < self.min_try_timeout <= self.try_timeout <= self.deadline:
             raise ValueError("need 0 < min_try_timeout <= try_timeout <= deadline")
         if self.initial_srtt <= 0 or self.mirror_penalty <= 0 or self.probe_interval <= 0:
@@ -109,6 +115,18 @@ class Upstreams:
         themselves the same way, so the one most likely to have recovered is tried first.
         """
         return sorted(servers, key=lambda s: (self.is_down(s.url), self.effective_srtt(s)))
+
+    def choose(self, servers: Sequence[SiteServer]) -> SiteServer:
+        """The server to ask next (the first of :meth:`order`); the healthy ones passed over age
+        (``srtt_decay``), so none stays written off because of old samples."""
+        ordered = self.order(servers)
+        chosen = ordered[0]
+        keep = 1 - self.config.srtt_decay
+        for server in ordered[1:]:
+            health = self._health.get(server.url)
+            if health is not None and not health.down and server.url != chosen.url:
+                health.srtt *= keep
+        return chosen
 
     def try_timeout(self, url: str) -> float:
         """Timeout for one try: 4·SRTT, doubled per consecutive failure, within [min_try_timeout, try_timeout].

@@ -122,6 +122,34 @@ def test_recovery_on_success_and_the_primary_is_used_again() -> None:
     assert up.order([CHONGQING, CHENGDU])[0] == CHONGQING
 
 
+def test_a_server_passed_over_ages_until_it_is_tried_again() -> None:
+    up, _ = make()
+    up.success(CHONGQING.url, 0.050)  # a restarted primary's slow first answer
+    up.success(CHENGDU.url, 0.002)  # the mirror stood in well: 3 ms with its penalty
+    chosen = [up.choose([CHONGQING, CHENGDU]) for _ in range(200)]
+    first_primary = chosen.index(CHONGQING)
+    assert all(s == CHENGDU for s in chosen[:first_primary]) and 100 < first_primary < 200
+    up.success(CHONGQING.url, 0.001)  # fast again now: it keeps the load
+    assert up.choose([CHONGQING, CHENGDU]) == CHONGQING
+    assert up.health(CHENGDU.url).srtt < 0.002, "the mirror aged while passed over"
+
+
+def test_down_servers_do_not_age_and_decay_zero_keeps_srtt() -> None:
+    up, _ = make(max_fails=1)
+    up.success(CHONGQING.url, 0.010)
+    up.success(CHENGDU.url, 0.020)
+    up.failure(CHENGDU.url, "refused")
+    for _ in range(10):
+        assert up.choose([CHONGQING, CHENGDU]) == CHONGQING
+    assert up.health(CHENGDU.url).srtt == 0.020
+    still, _ = make(srtt_decay=0)
+    still.success(CHONGQING.url, 0.001)
+    still.success(OTHER.url, 0.005)
+    for _ in range(50):
+        assert still.choose([CHONGQING, OTHER]) == CHONGQING
+    assert still.health(OTHER.url).srtt == 0.005
+
+
 def test_try_timeout_adapts_to_srtt_within_bounds() -> None:
     up, _ = make()
     assert up.try_timeout(CHONGQING.url) == 1.0  # never heard from: the ceiling
