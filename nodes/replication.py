@@ -53,7 +53,7 @@ from nodes.mirror import APPLIED_SEQ, SNAPSHOT_SEQ, MirrorState, meta_int
 from nodes.promotion import ChangeFeed, Replication
 from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, pack_values
 from resolver.errors import AuthenticationNeeded, HandleError, PermissionDenied, ProtocolError
-from resolver.storage import Change
+from resolver.storage import Change, PackedChange
 from resolver.values import HandleValue, value_to_wire
 
 if TYPE_CHECKING:
@@ -92,9 +92,23 @@ def _wire_values(values: Sequence[HandleValue] | None, packed: bool) -> Any:
     return pack_values(values) if packed else [value_to_wire(v) for v in values]
 
 
-def _change_body(change: Change, packed: bool) -> dict[str, Any]:
+def _change_body(change: Change) -> dict[str, Any]:
     values = None if change.op == "delete" else change.values
-    return {"seq": change.seq, "key": change.key, "op": change.op, "values": _wire_values(values, packed)}
+    return {"seq": change.seq, "key": change.key, "op": change.op, "values": _wire_values(values, False)}
+
+
+def _packed_change_body(change: PackedChange) -> dict[str, Any]:
+    # The stored bytes are exactly pack_values output: sent as they are, never decoded here.
+    return {"seq": change.seq, "key": change.key, "op": change.op, "values": change.blob}
+
+
+async def _read_changes(authority: Authority, after: int, limit: int, packed: bool) -> tuple[list[dict[str, Any]], int]:
+    """The change bodies after ``after`` and the newest seq among them (0 if none)."""
+    if packed:
+        raw = await authority.store.changes_packed(after, limit)
+        return [_packed_change_body(c) for c in raw], raw[-1].seq if raw else 0
+    changes = await authority.store.changes(after, limit)
+    return [_change_body(c) for c in changes], changes[-1].seq if changes else 0
 
 
 async def get_changes(request: web.Request) -> web.Response:
@@ -112,26 +126,21 @@ async def get_changes(request: web.Request) -> web.Response:
     if node and epoch == replication.epoch and any(peer.name == node for peer in replication.peers):
         replication.acks.report(node, after)  # a mirror's `after` is what it has applied
     feed = replication.feed
+    packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
         # Take the event before reading: a write committing after the read sets this very event,
         # so it cannot slip in between the read and the wait unnoticed.
         woken = feed.event
-        found = await authority.store.changes(after, limit)
+        found, newest = await _read_changes(authority, after, limit, packed)
         remaining = deadline - loop.time()
         if found or remaining <= 0 or feed.closing:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_SECONDS))
-    last = max(await authority.store.last_seq(), found[-1].seq if found else 0)
-    packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
-    body = {
-        "responseCode": 1,
-        "lastSeq": last,
-        "epoch": replication.epoch,
-        "changes": [_change_body(c, packed) for c in found],
-    }
+    last = max(await authority.store.last_seq(), newest)
+    body = {"responseCode": 1, "lastSeq": last, "epoch": replication.epoch, "changes": found}
     return respond(request, 200, body)
 
 

@@ -9,7 +9,7 @@ from typing import Literal
 from resolver.codec import unpack_values
 from resolver.errors import HandleError
 from resolver.records import Record
-from resolver.storage.base import Change, Write, digest_records
+from resolver.storage.base import Change, PackedChange, Write, digest_records
 
 __all__ = ["MemoryStorage"]
 
@@ -86,6 +86,11 @@ class MemoryStorage:
         return [
             Change(seq, key, op, () if blob is None else unpack_values(blob), ts) for seq, key, op, blob, ts in picked
         ]
+
+    async def changes_packed(self, after: int, limit: int = 1000) -> list[PackedChange]:
+        self._check_open()
+        start = max(after, 0)
+        return [PackedChange(*entry) for entry in self._log[start : start + max(limit, 0)]]
 
     async def last_seq(self) -> int:
         self._check_open()

@@ -1,6 +1,6 @@
 """Storage: the interface nodes use, and its embedded SQLite implementation."""
 
-from resolver.storage.base import Change, Storage, Write
+from resolver.storage.base import Change, PackedChange, Storage, Write
 from resolver.storage.sqlite import SQLiteStorage
 
-__all__ = ["Change", "SQLiteStorage", "Storage", "Write"]
+__all__ = ["Change", "PackedChange", "SQLiteStorage", "Storage", "Write"]

@@ -77,6 +77,18 @@ class Change:
     timestamp: int  # seconds since the epoch, when it was committed
 
 
+@dataclass(frozen=True, slots=True)
+class PackedChange:
+    """A ``Change`` with its values as stored (``codec.pack_values`` bytes; None for a delete):
+    what replication sends between nodes, so neither side decodes and re-encodes them."""
+
+    seq: int
+    key: str
+    op: Literal["put", "delete"]
+    blob: bytes | None
+    timestamp: int
+
+
 def digest_records(records: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
     """(count, SHA-256 hex) over ``(key, packed values)`` pairs given in key order (``Storage.digest``).
 
@@ -123,6 +135,10 @@ class Storage(Protocol):
 
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
         """Change-log entries with ``seq > after`` in order, at most ``limit``."""
+        ...
+
+    async def changes_packed(self, after: int, limit: int = 1000) -> list[PackedChange]:
+        """``changes`` with the values as stored, not decoded."""
         ...
 
     async def last_seq(self) -> int: ...

@@ -18,7 +18,7 @@ import aiosqlite
 from resolver.codec import unpack_values
 from resolver.errors import HandleError
 from resolver.records import Record
-from resolver.storage.base import Change, Write, digest_records
+from resolver.storage.base import Change, PackedChange, Write, digest_records
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
@@ -333,13 +333,20 @@ class SQLiteStorage:
         return sorted(str(row[0]) for row in rows)
 
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
+        return [
+            Change(c.seq, c.key, c.op, unpack_values(c.blob) if c.blob is not None else (), c.timestamp)
+            for c in await self.changes_packed(after, limit)
+        ]
+
+    async def changes_packed(self, after: int, limit: int = 1000) -> list[PackedChange]:
         rows = await self._read(
+            # A put without a copy of its values is the key's latest: its values are the record's.
             "SELECT c.seq, c.key, c.op, CASE WHEN c.op = 'put' AND c.vals IS NULL "
             "THEN (SELECT h.vals FROM handles AS h WHERE h.key = c.key) ELSE c.vals END, c.ts "
             "FROM changes AS c WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
             (after, max(limit, 0)),
         )
-        return [Change(seq, key, op, unpack_values(vals) if op == "put" else (), ts) for seq, key, op, vals, ts in rows]
+        return [PackedChange(seq, key, op, vals if op == "put" else None, ts) for seq, key, op, vals, ts in rows]
 
     async def last_seq(self) -> int:
         # sqlite_sequence holds the highest seq ever assigned, even if the log is trimmed later.
