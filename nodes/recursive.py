@@ -125,7 +125,7 @@ class _HotPath:
             fresh_answers, fresh_not_found = self.fresh_answers, self.fresh_not_found
             self.fresh_answers = self.fresh_not_found = 0
             if (fresh_answers or fresh_not_found) and self.cache is not None:
-                self.cache.count_fresh_hits(fresh_answers + fresh_not_found)
+                self.cache.count_fresh_hits(fresh_answers + fresh_not_found, fresh_not_found)
             answers, self.answers = self.answers + fresh_answers, 0
             missing, self.not_found = self.not_found + fresh_not_found, 0
             if answers:
@@ -231,7 +231,9 @@ async def _get_slow(
             if len(hot.handles) >= hot.limit:
                 hot.handles.clear()
             hot.handles[raw] = (handle, handle.key)
-        return web.Response(body=body, status=status, headers={"Content-Type": _CONTENT_TYPES[media]})
+            if media == JSON and entry.live:  # the next hit is served from it at once
+                hot.remember(raw, entry, body)
+        return web.Response(body=body, status=status, headers=_HEADERS[media])
     status, payload = _record_body(handle.text, entry)
     if entry.values is not None and (types or indexes):
         selected = filter_values(entry.values, types, indexes)

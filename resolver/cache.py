@@ -191,10 +191,12 @@ class Cache:
         """The cache's clock: an entry is fresh while ``clock() < entry.expires``."""
         return self._clock
 
-    def count_fresh_hits(self, hits: int) -> None:
-        """Count ``hits`` fresh hits served from entries the caller held (``live`` and before their
-        ``prefetch_at``) without ``lookup``; each one's ``hits`` was raised by the caller."""
+    def count_fresh_hits(self, hits: int, negative: int = 0) -> None:
+        """Count ``hits`` fresh hits, ``negative`` of them not-found answers, served from entries the
+        caller held (``live`` and before their ``prefetch_at``) without ``lookup``; each one's
+        ``hits`` was raised by the caller."""
         self.stats.hits += hits
+        self.stats.negative_hits += negative
 
     def store_answer(self, key: str, values: Iterable[HandleValue]) -> Entry:
         """Cache an answer's public values, replacing any entry for ``key``; TTL from the smallest value TTL.
@@ -211,10 +213,10 @@ class Cache:
         return self._store(key, None, self.config.negative_ttl)
 
     def detached_entry(self, key: str, values: Iterable[HandleValue] | None) -> Entry:
-        """An entry built like a stored one but not kept: an answer that may predate a write."""
-        if values is None:
-            return self._entry(key, None, self.config.negative_ttl)
-        return self._entry(key, _public(values), self.config.negative_ttl)
+        """An entry built like a stored one but not kept (so never ``live``): an answer that may predate a write."""
+        entry = self._entry(key, None if values is None else _public(values), self.config.negative_ttl)
+        entry.live = False
+        return entry
 
     def invalidate(self, key: str) -> None:
         """Forget ``key``: a write through this node changed it (DESIGN §5)."""

@@ -154,6 +154,7 @@ def test_an_entry_the_cache_no_longer_holds_is_not_live() -> None:
     assert not (replaced[0].live or invalidated[0].live or evicted[0].live)
     kept = cache.lookup("c")
     assert kept is not None and kept[0].live
+    assert not cache.detached_entry("d", (value(),)).live, "never held by the cache"
 
 
 def test_a_new_entry_is_never_the_one_evicted_to_make_room_for_itself() -> None:
