@@ -213,6 +213,9 @@ def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: 
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, request_stop)
+    # Ctrl-C too, explicitly: a process started in the background by a shell without job control
+    # inherits SIGINT ignored, and `kill -INT` must still stop every node.
+    previous_int = signal.signal(signal.SIGINT, request_stop)
     nodes: list[NodeProcess] = []
     try:
         busy = ports_in_use(topology)
@@ -255,3 +258,4 @@ def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: 
     finally:
         stop_nodes(nodes)
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
