@@ -139,6 +139,23 @@ def test_mirror_inherits_hosts_and_role() -> None:
     assert topo.parent_of(topo.node("ent")) == topo.node("sec")
 
 
+def test_batch_workers_per_node() -> None:
+    raw = copy.deepcopy(BASE)
+    raw["nodes"]["ent"]["batch_workers"] = 0
+    raw["nodes"]["backup"]["batch_workers"] = 3
+    topo = parse_topology(raw)
+    assert (topo.node("ent").batch_workers, topo.node("backup").batch_workers, topo.node("sec").batch_workers) == (
+        0,
+        3,
+        None,  # the default: nodes.batchpool.DEFAULT_WORKERS
+    )
+    for bad in (-1, 65, 1.5, "2", True):
+        raw["nodes"]["ent"]["batch_workers"] = bad
+        assert "batch_workers must be a number of processes from 0 to 64" in config_error(raw)
+    rec = with_node("rec", {"role": "recursive", "listen": "127.0.0.1:8000", "batch_workers": 1})
+    assert "takes no batches" in config_error(rec)
+
+
 def test_parent_is_the_longest_owning_prefix_even_across_gaps() -> None:
     topo = parse_topology(with_node("deep", {"role": "enterprise", "prefix": "88.118.8.1.2", "listen": "h:9"}))
     assert topo.parent_of(topo.node("deep")) == topo.node("ent")
