@@ -28,10 +28,8 @@ stage's seconds are on ``/metrics`` as ``idres_batch_stage_seconds_total{stage}`
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import AsyncIterator, Iterable
-from itertools import islice
 from typing import Any, NamedTuple
 
 from aiohttp import web
@@ -39,11 +37,11 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from nodes.authority import Authority, changes_needed
 from nodes.batchpool import BatchWorkers
-from nodes.batchprep import CHUNK, Creates, Op, Prepared, failure, hash_secrets, pack_op, prepare_chunk
+from nodes.batchprep import CHUNK, Creates, Op, Prepared, failure, hash_secrets, pack_op, prepare_steps
 from nodes.http import read_bytes, respond
 from nodes.keys import AUTHORITY, CONFIG, METRICS
 from resolver.auth import Identity, Perm
-from resolver.codec import batch_operations, body_media_type, pack_rows, row_packer, row_value, value_row
+from resolver.codec import body_media_type, pack_rows, row_value, value_row
 from resolver.errors import (
     AuthenticationNeeded,
     HandleAlreadyExists,
@@ -61,9 +59,9 @@ from resolver.zone import Zone
 
 __all__ = ["STAGES", "BatchStats", "setup_batch"]
 
-# "validate" includes packing; "worker": waiting for a worker process to prepare a body, "unwire":
-# rebuilding its operations in the loop.
-STAGES = ("turn", "decode", "validate", "worker", "unwire", "hash", "lock", "authorise", "sqlite", "ack", "encode")
+# "validate": decoding, validating and packing in the loop; "worker": waiting for a worker process to
+# do that for a body; "unwire": rebuilding operations as objects for the general decider.
+STAGES = ("turn", "validate", "worker", "unwire", "hash", "lock", "authorise", "sqlite", "ack", "encode")
 # Types whose values decide who may do what: a batch writing one re-reads authorisation afterwards.
 _ADMIN_TYPES = frozenset({"HS_ADMIN", "HS_VLIST", "HS_SECKEY"})
 
@@ -246,25 +244,13 @@ async def _prepare_all(
         seconds["worker"] += clock() - started
         return prepared
     prepared = Prepared.empty()
-    _, raw_ops = batch_operations(body, media, limits.max_batch_operations)
-    collecting = gc.isenabled()
-    packer = row_packer()
-    while True:
-        gc.disable()  # see prepare_chunk
-        try:
-            t0 = clock()
-            chunk = list(islice(raw_ops, CHUNK))
-            t1 = clock()
-            seconds["decode"] += t1 - t0 + (t0 - started if not prepared.size else 0.0)
-            if not chunk:
-                break
-            prepared = prepared.add(prepare_chunk(chunk, prepared.size, now, limits, packer), prepared.size)
-            del chunk
-            seconds["validate"] += clock() - t1
-        finally:
-            if collecting:
-                gc.enable()
+    t0 = clock()
+    for step in prepare_steps(body, media, limits, now):
+        prepared = step  # the last step is the whole batch
+        seconds["validate"] += clock() - t0
         await asyncio.sleep(0)  # let other requests in between chunks
+        t0 = clock()
+    seconds["validate"] += clock() - t0
     return prepared
 
 

@@ -71,8 +71,6 @@ class BatchWorkers:
         self.workers = workers
         self.min_bytes = MIN_WORKER_BYTES if min_bytes is None else min_bytes
         self._pool: ProcessPoolExecutor | None = None
-        self.prepared = 0  # batches prepared by a worker
-        self.fallbacks = 0  # batches prepared in the loop because the pool broke
 
     def wanted(self, body: bytes) -> bool:
         return self.workers > 0 and len(body) >= self.min_bytes
@@ -92,16 +90,13 @@ class BatchWorkers:
         A body that cannot be read raises its ProtocolError here, as in the loop."""
         loop = asyncio.get_running_loop()
         try:
-            prepared = await loop.run_in_executor(self._executor(), prepare_body, body, media, limits, now)
+            return await loop.run_in_executor(self._executor(), prepare_body, body, media, limits, now)
         except BrokenProcessPool as exc:
             log.warning("a batch worker process died (%s); starting new ones", exc)
-            self.fallbacks += 1
             broken, self._pool = self._pool, None
             if broken is not None:
                 broken.shutdown(wait=False, cancel_futures=True)
             return None
-        self.prepared += 1
-        return prepared
 
     def close(self) -> None:
         if self._pool is not None:

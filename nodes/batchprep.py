@@ -17,7 +17,7 @@ what the store keeps (``Write.packed``); HS_SECKEY values are hashed first (``ha
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any, NamedTuple
 
@@ -42,6 +42,7 @@ __all__ = [
     "pack_op",
     "prepare_body",
     "prepare_chunk",
+    "prepare_steps",
 ]
 
 # Operations decoded and validated between two yields to the event loop: ~3 ms of work here.
@@ -51,6 +52,7 @@ KINDS = ("create", "upsert", "delete")
 _PREFIX_HANDLE, _SIMPLE, _SECRET = 1, 2, 4
 # Op.to_wire(): kind, text, key, zone, flags, packed values.
 WireOp = tuple[str, str, str, str, int, "bytes | None"]
+
 
 class Op:
     """One valid operation, waiting for the decision under the write lock."""
@@ -168,12 +170,19 @@ def prepare(raw: Any, position: int, now: int, limits: Limits) -> Op | dict[str,
     return op
 
 
+_UNPACKABLE = (TypeError, ValueError, OverflowError)  # what msgpack raises for values it cannot encode
+
+
+def _unstorable(op: Op, exc: Exception) -> dict[str, Any]:
+    return failure(202, op.text, f"the values cannot be stored: {exc}")
+
+
 def pack_op(op: Op, packer: msgpack.Packer | None = None) -> dict[str, Any] | None:
     """Pack ``op``'s values (from its HandleValues if it has no rows yet); a failure result if they cannot be."""
     try:
         op.blob = pack_rows(op.rows_of(), packer)
-    except (TypeError, ValueError, OverflowError) as exc:
-        return failure(202, op.text, f"the values cannot be stored: {exc}")
+    except _UNPACKABLE as exc:
+        return _unstorable(op, exc)
     return None
 
 
@@ -226,12 +235,12 @@ class Prepared(NamedTuple):
     def empty(cls) -> Prepared:
         return cls(0, [], Creates([], [], [], [], []), [])
 
-    def add(self, items: list[Op | dict[str, Any]], base: int) -> Prepared:
-        """These, prepared by ``prepare_chunk`` from operation ``base`` on, added."""
+    def add(self, items: list[Op | dict[str, Any]]) -> Prepared:
+        """The next operations, as ``prepare_chunk`` made them, added."""
         creates, failures, others = self.creates, self.failures, self.others
-        for position, item in enumerate(items, base):
-            if type(item) is not Op:
-                failures.append((position, item))  # type: ignore[arg-type]
+        for position, item in enumerate(items, self.size):
+            if not isinstance(item, Op):
+                failures.append((position, item))
             elif item.simple and item.kind == "create" and item.blob is not None:
                 creates.positions.append(position)
                 creates.texts.append(item.text)
@@ -241,9 +250,9 @@ class Prepared(NamedTuple):
             else:
                 try:
                     others.append((position, item.to_wire()))
-                except (TypeError, ValueError, OverflowError) as exc:  # as pack_op says it
-                    failures.append((position, failure(202, item.text, f"the values cannot be stored: {exc}")))
-        return self._replace(size=max(self.size, base + len(items)))
+                except _UNPACKABLE as exc:
+                    failures.append((position, _unstorable(item, exc)))
+        return self._replace(size=self.size + len(items))
 
     def items(self) -> list[Op | dict[str, Any]]:
         """Every operation in order: an Op (``Op.from_wire``) or its failure result."""
@@ -259,18 +268,31 @@ class Prepared(NamedTuple):
         return out
 
 
-def prepare_body(body: bytes, media: str, limits: Limits, now: int) -> Prepared:
-    """A whole batch body, prepared: the worker process's entry point. A body that cannot be read
-    raises ``ProtocolError`` (pickled back to the node by the worker pool)."""
+def prepare_steps(body: bytes, media: str, limits: Limits, now: int) -> Iterator[Prepared]:
+    """The body prepared ``CHUNK`` operations at a time: after each chunk, all of it so far (the
+    event loop serves other requests in between). A body that cannot be read raises ``ProtocolError``
+    when the decoding reaches the damage."""
     _, raw_ops = batch_operations(body, media, limits.max_batch_operations)
     packer = row_packer()
     prepared = Prepared.empty()
     collecting = gc.isenabled()
-    gc.disable()
-    try:
-        while chunk := list(islice(raw_ops, CHUNK)):
-            prepared = prepared.add(prepare_chunk(chunk, prepared.size, now, limits, packer), prepared.size)
-    finally:
-        if collecting:
-            gc.enable()
+    while True:
+        gc.disable()  # see prepare_chunk
+        try:
+            chunk = list(islice(raw_ops, CHUNK))
+            if not chunk:
+                return
+            prepared = prepared.add(prepare_chunk(chunk, prepared.size, now, limits, packer))
+        finally:
+            if collecting:
+                gc.enable()
+        yield prepared
+
+
+def prepare_body(body: bytes, media: str, limits: Limits, now: int) -> Prepared:
+    """A whole batch body, prepared: the worker process's entry point (its ProtocolError is pickled
+    back to the node by the worker pool)."""
+    prepared = Prepared.empty()
+    for step in prepare_steps(body, media, limits, now):
+        prepared = step  # the last step is the whole batch
     return prepared

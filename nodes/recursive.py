@@ -88,7 +88,7 @@ class _HotPath:
     ``handles`` maps the raw path of a query-less GET to the identifier parsed from it the first time
     it was asked: a hit then costs a dict lookup, the cache lookup and a ``web.Response`` of
     pre-encoded bytes. ``fresh`` goes one step further for JSON answers: raw path -> (cache entry,
-    body, status), served without the cache lookup while the entry is ``live`` and before its
+    body), served without the cache lookup while the entry is ``live`` and before its
     ``prefetch_at`` (after that the lookup decides: prefetch, expiry); the hit is counted on the entry
     (so the LRU order still sees it, ``Cache.count_fresh_hits``). Measured on the 100,000-identifier
     hot-cache benchmark, that lookup and its LRU bookkeeping were a tenth of a hit's cost. Both maps are
@@ -106,7 +106,7 @@ class _HotPath:
         self.cache: Cache | None = None  # the resolver's
         self.clock: Callable[[], float] = time.monotonic  # the cache's, once it is known
         self.handles: dict[str, tuple[Handle, str]] = {}  # raw path -> (identifier, its cache key)
-        self.fresh: dict[str, tuple[Entry, bytes, int]] = {}  # raw path -> (entry, JSON body, status)
+        self.fresh: dict[str, tuple[Entry, bytes]] = {}  # raw path -> (entry, its JSON body)
         self.limit = limit
         self.answers = 0  # 200 answers served by the hot path since the last scrape
         self.not_found = 0  # and 404 ones
@@ -116,7 +116,7 @@ class _HotPath:
     def remember(self, raw: str, entry: Entry, body: bytes) -> None:
         if len(self.fresh) >= self.limit:
             self.fresh.clear()
-        self.fresh[raw] = (entry, body, 200 if entry.values is not None else 404)
+        self.fresh[raw] = (entry, body)
 
     def flush_into(self, metrics: NodeMetrics) -> Callable[[], None]:
         answered, not_found = metrics.resolutions.labels("answer"), metrics.resolutions.labels("not_found")
@@ -144,15 +144,15 @@ def _get_handler(hot: _HotPath, metrics: NodeMetrics) -> Handler:
         headers = request.headers
         fresh = hot.fresh.get(raw)  # only query-less paths are kept there
         if fresh is not None and "Authorization" not in headers:
-            held, answer, status = fresh
+            held, answer = fresh
             accept = headers.get("Accept")
             if held.live and hot.clock() < held.prefetch_at and (accept is None or choose_media_type(accept) == JSON):
                 held.hits += 1
-                if status == 200:
+                if held.values is not None:
                     hot.fresh_answers += 1
                     return web.Response(body=answer, headers=_HEADERS[JSON])
                 hot.fresh_not_found += 1
-                return web.Response(body=answer, status=status, headers=_HEADERS[JSON])
+                return web.Response(body=answer, status=404, headers=_HEADERS[JSON])
         known = hot.handles.get(raw)  # only query-less paths are kept there
         handle: Handle | None = None
         entry: Entry | None = None
