@@ -30,7 +30,7 @@ def datagen(count: int, prefix: str, fmt: str | None, out: Path | None, seed: in
     """Write COUNT realistic records for `idres register`: production batches, cars and their parts,
     with BATCH and COMPONENT values linking them."""
     from benchmarks.datagen import write
-    from nodes.bulkfile import format_for
+    from resolver.bulk.reader import format_for
     from resolver.errors import InvalidHandle
 
     fmt = fmt or (format_for(str(out)) if out else None) or "csv"
@@ -53,8 +53,8 @@ def encode(file: Path, fmt: str | None, batch_size: int) -> None:
     without the network."""
     import gc
 
-    from nodes.bulkfile import BatchReader, format_for
-    from nodes.register import GC_THRESHOLD
+    from resolver.bulk.reader import BatchReader, format_for
+    from resolver.bulk.register import GC_THRESHOLD
 
     fmt = fmt or format_for(str(file)) or "csv"
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])  # as idres register runs it

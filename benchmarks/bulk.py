@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from benchmarks.datagen import write
-from nodes.topology import DEFAULT_TOPOLOGY
+from nodes.running.topology_file import DEFAULT_TOPOLOGY
 
 __all__ = ["run_bulk"]
 

@@ -31,9 +31,9 @@ import aiohttp
 import msgpack
 from rich.console import Console
 
-from nodes.launcher import NodeProcess, seed, start_nodes, stop_nodes, wait_healthy
-from nodes.secrets import ENV_SECRET
-from nodes.topology import DEFAULT_TOPOLOGY, load_topology
+from nodes.running.launcher import NodeProcess, seed, start_nodes, stop_nodes, wait_healthy
+from nodes.running.operator_secrets import ENV_SECRET
+from nodes.running.topology_file import DEFAULT_TOPOLOGY, load_topology
 from resolver.client import basic_auth
 from resolver.config import Topology
 from resolver.names import prefix_handle

@@ -1,0 +1,1 @@
+"""The runnable nodes of the tree, one package per role (docs/architecture.md)."""

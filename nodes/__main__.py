@@ -1,5 +1,5 @@
 """``python -m nodes`` is the ``idres`` command."""
 
-from nodes.cli import main
+from nodes.cli.main import main
 
 main()

@@ -103,8 +103,12 @@ def is_hashed(stored: object) -> bool:
     if not isinstance(stored, str) or stored.count("$") != 3:
         return False
     scheme, iterations, _, _ = stored.split("$")
-    return (scheme == _SCHEME and iterations.isascii() and iterations.isdigit()
-            and 1_000 <= int(iterations) <= MAX_STORED_ITERATIONS)
+    return (
+        scheme == _SCHEME
+        and iterations.isascii()
+        and iterations.isdigit()
+        and 1_000 <= int(iterations) <= MAX_STORED_ITERATIONS
+    )
 
 
 def verify_secret(secret: str, stored: str) -> bool:

@@ -45,7 +45,7 @@ class NodeSpec:
     # A primary acknowledges a write only once a mirror has applied it (the topology's sync_mirrors).
     sync_mirrors: bool = False
     # Processes that decode and validate large POST /api/batch bodies beside the event loop (the
-    # topology's batch_workers; None: the default, nodes.batchpool.DEFAULT_WORKERS; 0: none).
+    # topology's batch_workers; None: the default, nodes.authoritative.batch.workers.DEFAULT_WORKERS; 0: none).
     batch_workers: int | None = None
     # A recursive node's [nodes.NAME.cache] and [nodes.NAME.upstream] tables.
     cache: CacheConfig = DEFAULT_CACHE_CONFIG

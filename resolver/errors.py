@@ -10,6 +10,7 @@ The codes and statuses follow the HANDLE.NET REST API (Technical Manual §14.4 a
     ├── NotSupported (5, 501)
     ├── ServerBusy (3, 503)
     ├── ReadOnly (7, 503)                     a mirror asked to write
+    ├── NotReplicated (2, 503)                sync_mirrors: committed here, no mirror confirmed it in time
     ├── HandleNotFound (100, 404)             only on writes: resolution answers "not found", it does not raise
     ├── HandleAlreadyExists (101, 409)
     ├── InvalidHandle (102, 400)
@@ -20,9 +21,10 @@ The codes and statuses follow the HANDLE.NET REST API (Technical Manual §14.4 a
     ├── AuthenticationNeeded (402, 401)
     ├── AuthenticationFailed (403, 401)
     ├── PermissionDenied (401, 403)
-    └── UpstreamError (2, 502)                every upstream failed; ``attempts`` says what each one said
+    ├── UpstreamError (2, 502)                every upstream failed; ``attempts`` says what each one said
+    └── ReplicationError (2, 502)             the node a mirror follows sent something it cannot apply
 
-An ``aiohttp`` middleware in ``nodes.http`` turns any of these into a response; foreign exceptions are
+An ``aiohttp`` middleware in ``nodes.shared.http_api`` turns any of these into a response; foreign exceptions are
 translated where they enter (``raise X(...) from exc``).
 """
 
@@ -41,11 +43,13 @@ __all__ = [
     "HandleNotFound",
     "InvalidHandle",
     "InvalidValue",
+    "NotReplicated",
     "NotResponsible",
     "NotSupported",
     "PermissionDenied",
     "ProtocolError",
     "ReadOnly",
+    "ReplicationError",
     "ServerBusy",
     "UnsupportedMediaType",
     "UpstreamError",
@@ -99,6 +103,13 @@ class ServerBusy(HandleError):
 
 class ReadOnly(HandleError):
     response_code = 7
+    http_status = 503
+
+
+class NotReplicated(HandleError):
+    """sync_mirrors: the write committed on this node, but no mirror confirmed it in time."""
+
+    response_code = 2
     http_status = 503
 
 
@@ -169,6 +180,13 @@ class UpstreamError(HandleError):
             message = message + ": " + "; ".join(f"{where}: {what}" for where, what in attempts)
         super().__init__(message, handle=handle)
         self.attempts = tuple(attempts)
+
+
+class ReplicationError(HandleError):
+    """The node a mirror follows sent something it cannot apply (a bad item, epoch or sequence)."""
+
+    response_code = 2
+    http_status = 502
 
 
 class ConfigError(Exception):

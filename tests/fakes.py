@@ -11,7 +11,21 @@ from resolver.errors import HandleError
 from resolver.records import Record
 from resolver.storage.base import Change, PackedChange, Write, digest_records
 
-__all__ = ["MemoryStorage"]
+__all__ = ["FakeClock", "MemoryStorage"]
+
+
+class FakeClock:
+    """A clock that moves only when told: ``clock()`` reads it, ``clock.now`` or ``advance()`` set it.
+    Pass it wherever the code takes ``clock=`` (``time.monotonic`` in production)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 class MemoryStorage:

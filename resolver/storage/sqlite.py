@@ -139,6 +139,7 @@ def _split(rows: Sequence[tuple[Any, ...]], *, keep_last: bool = False) -> tuple
     chunks = [list(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
     return chunks, list(chain.from_iterable(rows[full:])), len(rows) - full
 
+
 # The part of a key before its first "/" (all of a key without one, which Handle.key never makes).
 _PREFIX_OF = "CASE WHEN instr(key, '/') > 0 THEN substr(key, 1, instr(key, '/') - 1) ELSE key END"
 

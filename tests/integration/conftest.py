@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.topology import DEFAULT_TOPOLOGY
+from nodes.running.topology_file import DEFAULT_TOPOLOGY
 from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration

@@ -22,7 +22,7 @@ from tests.integration.test_crash import SECRET, serve, wait_healthy
 pytestmark = pytest.mark.integration
 
 WRITERS = 4
-BATCH = 2500  # ~320 KB bodies: prepared by the node's worker processes (nodes.batchpool)
+BATCH = 2500  # ~320 KB bodies: prepared by the node's worker processes (nodes.authoritative.batch.workers)
 KILL_AFTER = 12  # acknowledged batches
 
 
@@ -40,9 +40,14 @@ def url_of(handle: str) -> str:
 def batch_of(writer: int, number: int) -> list[dict[str, Any]]:
     """BATCH creates, and in every other batch two rows that must fail (a malformed identifier, a repeat)."""
     ops: list[dict[str, Any]] = [
-        {"op": "create", "handle": f"88.118.8/B{writer}-{number}-{i}",
-         "values": [{"index": 1, "type": "URL", "data": url_of(f"88.118.8/B{writer}-{number}-{i}")},
-                    {"index": 2, "type": "BATCH", "data": {"format": "string", "value": f"{writer}-{number}"}}]}
+        {
+            "op": "create",
+            "handle": f"88.118.8/B{writer}-{number}-{i}",
+            "values": [
+                {"index": 1, "type": "URL", "data": url_of(f"88.118.8/B{writer}-{number}-{i}")},
+                {"index": 2, "type": "BATCH", "data": {"format": "string", "value": f"{writer}-{number}"}},
+            ],
+        }
         for i in range(BATCH)
     ]
     if number % 2:
@@ -55,17 +60,21 @@ async def post_until_killed(url: str, node: Any) -> tuple[dict[str, list[str]], 
     """(acknowledged batch -> its applied handles, unacknowledged batch -> its valid handles)."""
     acked: dict[str, list[str]] = {}
     sent: dict[str, list[str]] = {}
-    headers = {"Authorization": basic_auth("300:0.NA/88.118.8", SECRET), "Content-Type": "application/msgpack",
-               "Accept": "application/msgpack"}
+    headers = {
+        "Authorization": basic_auth("300:0.NA/88.118.8", SECRET),
+        "Content-Type": "application/msgpack",
+        "Accept": "application/msgpack",
+    }
 
     async def writer(session: aiohttp.ClientSession, w: int) -> None:
         for number in range(10_000):
             ops = batch_of(w, number)
             name = f"{w}-{number}"
-            sent[name] = [op["handle"] for op in ops[:BATCH + 1] if op["handle"] != "88.118.8..bad/x"]
+            sent[name] = [op["handle"] for op in ops[: BATCH + 1] if op["handle"] != "88.118.8..bad/x"]
             try:
-                async with session.post(f"{url}/api/batch", data=msgpack.packb({"operations": ops}),
-                                        headers=headers) as r:
+                async with session.post(
+                    f"{url}/api/batch", data=msgpack.packb({"operations": ops}), headers=headers
+                ) as r:
                     body = msgpack.unpackb(await r.read())
             except (aiohttp.ClientError, OSError):
                 return  # the node is gone

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from nodes.bulksend import same_values
-from nodes.register import load_checkpoint
+from resolver.bulk.register import load_checkpoint
+from resolver.bulk.sender import same_values
 from tests.integration.conftest import copy_topology, urls_of
 from tests.integration.test_crash import SECRET, serve, wait_healthy
-from tests.test_register import COLUMNS, bare, health, idres, stored, write_csv
+from tests.resolver.bulk.test_register import COLUMNS, bare, health, idres, stored, write_csv
 
 pytestmark = pytest.mark.integration
 

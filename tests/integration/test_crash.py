@@ -26,9 +26,23 @@ WRITERS = 8
 
 def serve(topology: Path, data: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "IDRES_ADMIN_SECRET": SECRET}
-    return subprocess.Popen([sys.executable, "-m", "nodes", "serve", "--node", "automaker",
-                             "--topology", str(topology), "--data", str(data)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nodes",
+            "serve",
+            "--node",
+            "automaker",
+            "--topology",
+            str(topology),
+            "--data",
+            str(data),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
 
 
 def wait_healthy(url: str) -> None:
@@ -54,8 +68,9 @@ async def write_until_killed(url: str, node: subprocess.Popen[bytes], kill_after
             handle = f"88.118.8/W-{next(counter)}"
             body = {"values": [{"index": 1, "type": "URL", "data": f"https://example.cn/{handle}"}]}
             try:
-                async with session.put(f"{url}/api/handles/{handle}", json=body, headers=headers,
-                                       params={"overwrite": "false"}) as r:
+                async with session.put(
+                    f"{url}/api/handles/{handle}", json=body, headers=headers, params={"overwrite": "false"}
+                ) as r:
                     if r.status != 201:
                         return
             except (aiohttp.ClientError, OSError):

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 from rich.console import Console
 
-from nodes.launcher import NodeProcess, seed, start_nodes, stop_nodes
-from nodes.seed import DEMO_CAR
-from nodes.topology import load_topology
+from nodes.running.launcher import NodeProcess, seed, start_nodes, stop_nodes
+from nodes.running.seeding import DEMO_CAR
+from nodes.running.topology_file import load_topology
 from resolver.client import basic_auth
 from resolver.config import Topology
 from tests.integration.conftest import copy_topology, get_json, request

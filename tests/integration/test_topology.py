@@ -11,7 +11,7 @@ import pytest
 from pyhandle.handleclient import PyHandleClient
 from pyhandle.handleexceptions import HandleAuthenticationError, HandleNotFoundException
 
-from nodes.seed import DEMO_CAR, DEMO_PACK
+from nodes.running.seeding import DEMO_CAR, DEMO_PACK
 from resolver.client import basic_auth
 from tests.integration.conftest import Running, copy_topology, get_json, idres, node_pids, request, start_up, stop
 
@@ -50,9 +50,11 @@ def test_unknown_handle_reports_not_found(topology_up: Running) -> None:
 
 def test_pyhandle_against_the_automaker(topology_up: Running) -> None:
     client = PyHandleClient("rest").instantiate_with_username_and_password(
-        AUTOMAKER, "300:0.NA/88.118.8", topology_up.secret("automaker"), HTTPS_verify=False)
-    handle = client.register_handle("88.118.8/PYH-" + str(time.time_ns()), "https://example.cn/a",
-                                    CHECKSUM="abc", MODEL="CQ-EV7")
+        AUTOMAKER, "300:0.NA/88.118.8", topology_up.secret("automaker"), HTTPS_verify=False
+    )
+    handle = client.register_handle(
+        "88.118.8/PYH-" + str(time.time_ns()), "https://example.cn/a", CHECKSUM="abc", MODEL="CQ-EV7"
+    )
     record = client.retrieve_handle_record(handle)
     assert record["URL"] == "https://example.cn/a" and record["MODEL"] == "CQ-EV7" and record["CHECKSUM"] == "abc"
     assert client.get_value_from_handle(handle, "MODEL") == "CQ-EV7"
@@ -72,29 +74,39 @@ def test_pyhandle_against_the_automaker(topology_up: Running) -> None:
 
 def test_pyhandle_with_a_wrong_secret_is_refused(topology_up: Running) -> None:
     client = PyHandleClient("rest").instantiate_with_username_and_password(
-        AUTOMAKER, "300:0.NA/88.118.8", "not-the-secret", HTTPS_verify=False)
+        AUTOMAKER, "300:0.NA/88.118.8", "not-the-secret", HTTPS_verify=False
+    )
     with pytest.raises(HandleAuthenticationError):
         client.register_handle("88.118.8/WRONG-SECRET", "https://example.cn/x")
 
 
 def test_wrong_secret_gets_401(topology_up: Running) -> None:
     body = json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://x"}]}).encode()
-    status, answer = request("PUT", f"{AUTOMAKER}/api/handles/88.118.8/X", body,
-                             {"Authorization": basic_auth("300:0.NA/88.118.8", "wrong"),
-                              "Content-Type": "application/json"})
+    status, answer = request(
+        "PUT",
+        f"{AUTOMAKER}/api/handles/88.118.8/X",
+        body,
+        {"Authorization": basic_auth("300:0.NA/88.118.8", "wrong"), "Content-Type": "application/json"},
+    )
     assert status == 401 and answer["responseCode"] == 403
 
 
 def test_automaker_operator_cannot_write_under_the_battery_maker(topology_up: Running) -> None:
     body = json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://x"}]}).encode()
-    creds = {"Authorization": basic_auth("300:0.NA/88.118.8", topology_up.secret("automaker")),
-             "Content-Type": "application/json"}
+    creds = {
+        "Authorization": basic_auth("300:0.NA/88.118.8", topology_up.secret("automaker")),
+        "Content-Type": "application/json",
+    }
     # The batterymaker verifies the automaker's identity at the automaker (found through the tree),
     # then finds that nothing under 88.119.6 names it as an admin.
     status, answer = request("PUT", f"{BATTERYMAKER}/api/handles/88.119.6/INTRUDER", body, creds)
     assert status == 403 and answer["responseCode"] == 401, answer
-    status, answer = request("PUT", f"{BATTERYMAKER}/api/handles/{DEMO_PACK}?index=9",
-                             json.dumps({"values": [{"index": 9, "type": "X", "data": "y"}]}).encode(), creds)
+    status, answer = request(
+        "PUT",
+        f"{BATTERYMAKER}/api/handles/{DEMO_PACK}?index=9",
+        json.dumps({"values": [{"index": 9, "type": "X", "data": "y"}]}).encode(),
+        creds,
+    )
     assert status == 403
     status, _ = get_json(f"{BATTERYMAKER}/api/handles/88.119.6/INTRUDER")
     assert status == 404
@@ -114,8 +126,10 @@ def test_malformed_and_oversized_requests(topology_up: Running) -> None:
     status, body = get_json(f"{AUTOMAKER}/api/handles/88.118.8")
     assert status == 400 and body["responseCode"] == 102 and "/" in str(body["message"])
     big = b'{"values": [' + b" " * 2_000_000 + b"]}"
-    creds = {"Authorization": basic_auth("300:0.NA/88.118.8", topology_up.secret("automaker")),
-             "Content-Type": "application/json"}
+    creds = {
+        "Authorization": basic_auth("300:0.NA/88.118.8", topology_up.secret("automaker")),
+        "Content-Type": "application/json",
+    }
     try:
         status, body = request("PUT", f"{AUTOMAKER}/api/handles/88.118.8/BIG", big, creds)
     except (ConnectionError, urllib.error.URLError):
@@ -128,16 +142,24 @@ def test_up_twice_keeps_data_duplicates_nothing_and_stops_every_node(tmp_path: P
     data = tmp_path / "data"
     first = start_up(data, topology)
     automaker = first.urls["automaker"]
-    creds = {"Authorization": basic_auth("300:0.NA/88.118.8", first.secret("automaker")),
-             "Content-Type": "application/json"}
-    status, _ = request("PUT", f"{automaker}/api/handles/88.118.8/KEPT",
-                        json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://kept"}]}).encode(), creds)
+    creds = {
+        "Authorization": basic_auth("300:0.NA/88.118.8", first.secret("automaker")),
+        "Content-Type": "application/json",
+    }
+    status, _ = request(
+        "PUT",
+        f"{automaker}/api/handles/88.118.8/KEPT",
+        json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://kept"}]}).encode(),
+        creds,
+    )
     assert status == 200
     # The mirror's own log grows as it applies the primary's changes: compare once it has them all.
     primary, mirror = first.urls["chongqing-top"], first.urls["chengdu-top"]
     deadline = time.monotonic() + 10
-    while (get_json(mirror + "/api/replication/status")[1].get("appliedSeq", 0)
-           < get_json(primary + "/healthz")[1]["lastSeq"]) and time.monotonic() < deadline:  # type: ignore[operator]
+    while (
+        get_json(mirror + "/api/replication/status")[1].get("appliedSeq", 0)
+        < get_json(primary + "/healthz")[1]["lastSeq"]
+    ) and time.monotonic() < deadline:  # type: ignore[operator]
         time.sleep(0.05)
     seqs = {name: get_json(url + "/healthz")[1].get("lastSeq") for name, url in first.urls.items()}
     assert node_pids(data), "the nodes run as their own processes"
@@ -181,9 +203,15 @@ def test_chengdu_mirror_holds_what_chongqing_holds(topology_up: Running) -> None
     out = idres("resolve", DEMO_CAR, "--server", "http://127.0.0.1:8101", "--json")
     assert json.loads(out.stdout)["responseCode"] == 1
     body = json.dumps({"values": [{"index": 1, "type": "URL", "data": "https://x"}]}).encode()
-    status, answer = request("PUT", "http://127.0.0.1:8101/api/handles/88/X", body,
-                             {"Authorization": basic_auth("300:0.NA/88", topology_up.secret("chongqing-top")),
-                              "Content-Type": "application/json"})
+    status, answer = request(
+        "PUT",
+        "http://127.0.0.1:8101/api/handles/88/X",
+        body,
+        {
+            "Authorization": basic_auth("300:0.NA/88", topology_up.secret("chongqing-top")),
+            "Content-Type": "application/json",
+        },
+    )
     assert status == 503 and answer["responseCode"] == 7, "a mirror refuses writes"
 
 

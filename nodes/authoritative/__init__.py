@@ -1,0 +1,1 @@
+"""The authoritative node: top-level, secondary and enterprise nodes are configurations of it."""

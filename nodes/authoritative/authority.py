@@ -1,0 +1,481 @@
+"""The authoritative node's service: resolve, write, delete and list records it is responsible for.
+
+HTTP lives in ``nodes.authoritative.app``; this module holds the rules (HANDLE.NET semantics for
+``overwrite``, ``index``, 201 vs 200, 409/101, HS_ADMIN authorisation up the prefix chain) over a
+``Storage``. All writes go through one lock: a read-modify-write of a record is never interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+
+from resolver.auth import Identity, Perm, admin_grants, hash_secret_values, parse_basic, verify_secret
+from resolver.config import Limits, NodeSpec
+from resolver.errors import (
+    AuthenticationFailed,
+    AuthenticationNeeded,
+    HandleAlreadyExists,
+    HandleNotFound,
+    NotResponsible,
+    PermissionDenied,
+    ProtocolError,
+    ReadOnly,
+)
+from resolver.names import PREFIX_NA, Handle, ancestors, parse_handle, parse_prefix, prefix_handle
+from resolver.records import (
+    Record,
+    filter_values,
+    keep_timestamps,
+    merge_values,
+    public_values,
+    remove_values,
+)
+from resolver.sites import site_servers
+from resolver.storage import Storage, Write
+from resolver.values import HandleValue
+from resolver.zone import NotHere, Refer, Zone
+
+__all__ = ["AUTHORITY", "Answer", "Authority", "Referral", "WriteObserver", "WriteResult", "changes_needed"]
+
+# Successful credential checks are remembered this long, so PBKDF2 is paid once per client, not per
+# request; a change to any HS_SECKEY value forgets them all at once.
+CREDENTIAL_CACHE_SECONDS = 300.0
+CREDENTIAL_CACHE_SIZE = 4096
+
+RemoteVerifier = Callable[[Identity, str], Awaitable[bool]]
+
+
+class WriteObserver(Protocol):
+    """What sees every write of an ``Authority`` (replication: ``nodes.replication.roles``), attached
+    once with ``Authority.observe`` before the node serves anything."""
+
+    async def before_write(self) -> None:
+        """Awaited before a client write is considered (a restarted primary checking its peers)."""
+
+    def committed(self) -> None:
+        """Called after every write to the store, even a failed or cancelled one (a shielded
+        transaction may still commit): wake replication long-polls."""
+
+    async def before_ack(self, seq: int) -> None:
+        """Awaited with the seq of each client write after it committed and before it is acknowledged,
+        outside the write lock (waiting for a mirror); an exception fails the request instead."""
+
+
+class _Unobserved:
+    """The observer of a node without replication: nothing to wait for, nobody to wake."""
+
+    async def before_write(self) -> None:
+        return None
+
+    def committed(self) -> None:
+        return None
+
+    async def before_ack(self, seq: int) -> None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A resolution this node answers itself: ``record`` is None when the handle does not exist."""
+
+    values: tuple[HandleValue, ...] | None
+    filtered: bool  # type= or index= was given (an empty selection is then "values not found")
+
+
+@dataclass(frozen=True, slots=True)
+class Referral:
+    prefix: str
+    sites: tuple[HandleValue, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    handle: str  # as the client wrote it (or as minted)
+    created: bool  # the handle or some value did not exist before
+    seq: int  # change-log sequence number of the write, 0 if nothing changed
+
+
+def _admin_perm(v: HandleValue, plain: int, admin: int) -> int:
+    return admin if v.type.upper() == "HS_ADMIN" else plain
+
+
+def changes_needed(old: Sequence[HandleValue], new: Sequence[HandleValue]) -> set[int]:
+    """The HS_ADMIN permission bits a change from ``old`` to ``new`` values needs."""
+    before = {v.index: v for v in old}
+    after = {v.index: v for v in new}
+    needed: set[int] = set()
+    for index, v in after.items():
+        if index not in before:
+            needed.add(_admin_perm(v, Perm.ADD_VALUE, Perm.ADD_ADMIN))
+        elif not before[index].same_content(v):
+            needed.add(_admin_perm(v, Perm.MODIFY_VALUE, Perm.MODIFY_ADMIN))
+    for index, v in before.items():
+        if index not in after:
+            needed.add(_admin_perm(v, Perm.REMOVE_VALUE, Perm.REMOVE_ADMIN))
+    return needed
+
+
+class Authority:
+    """One authoritative node's records and rules. Build it, then ``await start()``."""
+
+    def __init__(
+        self,
+        spec: NodeSpec,
+        store: Storage,
+        limits: Limits,
+        *,
+        read_only: bool = False,
+        remote_verifier: RemoteVerifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        assert spec.prefix is not None, "an authoritative node owns a prefix"
+        self.spec = spec
+        self.store = store
+        self.limits = limits
+        self.read_only = read_only
+        self.read_only_message: str | None = None  # why writes are refused, when it is not "a mirror"
+        self._observer: WriteObserver = _Unobserved()
+        self.zone = Zone(own=spec.prefix)
+        self.operator = Identity(300, prefix_handle(spec.prefix), prefix_handle(spec.prefix))
+        self._clock = clock
+        self._remote_verifier = remote_verifier
+        self._write_lock = asyncio.Lock()
+        self._verified: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+
+    def observe(self, observer: WriteObserver) -> None:
+        """Let ``observer`` see every write from now on; one observer per node, attached before it serves."""
+        if not isinstance(self._observer, _Unobserved):
+            raise RuntimeError("this Authority already has a write observer")
+        self._observer = observer
+
+    async def start(self) -> None:
+        """Learn the hosted and delegated prefixes from the stored prefix handles."""
+        _, keys = await self.store.list_keys(PREFIX_NA)
+        records = await self.store.get_many(keys)
+        self.zone.load({key.partition("/")[2]: rec.values for key, rec in records.items()}, self.spec.hosts)
+
+    # -- authentication and authorisation -------------------------------------------------------
+
+    async def authenticate(self, header: str | None) -> Identity | None:
+        """The identity proven by an ``Authorization`` header, None without one; 401 when it is wrong."""
+        if not header:
+            return None
+        digest = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
+        cached = self._verified.get(digest)
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            self._verified.move_to_end(digest)
+            return cached[0]
+        identity, secret = parse_basic(header)
+        record = await self.store.get(identity.key) if self._serves(identity.key) else None
+        keys = [
+            v
+            for v in (record.values if record else ())
+            if v.type.upper() == "HS_SECKEY" and identity.index in (0, v.index)
+        ]
+        if keys:
+            ok = await asyncio.to_thread(lambda: any(verify_secret(secret, k.value) for k in keys))
+        elif self._remote_verifier is not None:
+            ok = await self._remote_verifier(identity, header)
+        else:
+            raise AuthenticationFailed(f"{identity} has no HS_SECKEY value on this node")
+        if not ok:
+            raise AuthenticationFailed(f"authentication failed for {identity}: wrong secret")
+        self._verified[digest] = (identity, now + CREDENTIAL_CACHE_SECONDS)
+        if len(self._verified) > CREDENTIAL_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return identity
+
+    def _serves(self, key: str) -> bool:
+        try:
+            return not isinstance(self.zone.route(parse_handle(key)), (NotHere, Refer))
+        except Exception:
+            return False
+
+    async def _admin_chain(
+        self, handle: Handle, current: Record | None, pending: Mapping[str, Record | None]
+    ) -> list[HandleValue]:
+        """HS_ADMIN values that govern ``handle``: its own, then its prefix handle's and each parent's."""
+        chain = list(current.values) if current else []
+        zones = ancestors(handle.zone)
+        if handle.is_prefix_handle:
+            zones = zones[1:]  # a prefix handle is administered from its parent prefix up
+        keys = [prefix_handle(p) for p in zones]
+        prefix_records = await self.store.get_many([k for k in keys if k not in pending])
+        for key in keys:
+            record = pending[key] if key in pending else prefix_records.get(key)
+            if record is not None:
+                chain.extend(record.values)
+        return chain
+
+    def is_operator(self, identity: Identity) -> bool:
+        return identity == self.operator
+
+    async def may(
+        self,
+        identity: Identity,
+        permission: int,
+        handle: Handle,
+        current: Record | None,
+        *,
+        pending: Mapping[str, Record | None] | None = None,
+    ) -> bool:
+        """Whether ``identity`` holds ``permission`` on ``handle`` (whose record is ``current``).
+
+        ``pending``: records as a batch in progress has already changed them (None: deleted), seen
+        instead of the stored ones."""
+        if identity == self.operator:
+            return True  # the node's operator, like a HANDLE.NET server administrator
+        overlay = pending or {}
+
+        async def lookup(key: str) -> Record | None:
+            return overlay[key] if key in overlay else await self.store.get(key)
+
+        chain = await self._admin_chain(handle, current, overlay)
+        return await admin_grants(identity, permission, chain, lookup)
+
+    async def _require(
+        self, identity: Identity | None, permissions: set[int], handle: Handle, current: Record | None
+    ) -> Identity:
+        if identity is None:
+            raise AuthenticationNeeded(
+                f"writing {handle.text} needs credentials (Basic INDEX%3AHANDLE:secret)", handle=handle.text
+            )
+        for permission in sorted(permissions):
+            if not await self.may(identity, permission, handle, current):
+                raise PermissionDenied(
+                    f"{identity} may not {Perm.NAMES[permission]} on {handle.text}: no HS_ADMIN value of the "
+                    f"handle or its prefixes grants it",
+                    handle=handle.text,
+                )
+        return identity
+
+    # -- reads -----------------------------------------------------------------------------------
+
+    def _check_route(self, handle: Handle, *, writing: bool, zone: Zone | None = None) -> Referral | None:
+        decision = (zone or self.zone).route(handle)
+        if isinstance(decision, NotHere):
+            raise NotResponsible(decision.reason, handle=handle.text)
+        if isinstance(decision, Refer):
+            if writing:
+                where = ", ".join(s.url for s in site_servers(decision.sites) if s.primary) or "its node"
+                raise NotResponsible(
+                    f"prefix {decision.prefix} is delegated to {where}: send writes there", handle=handle.text
+                )
+            return Referral(decision.prefix, decision.sites)
+        return None
+
+    async def resolve(
+        self,
+        handle: Handle,
+        *,
+        types: Sequence[str] = (),
+        indexes: Sequence[int] = (),
+        identity: Identity | None = None,
+    ) -> Answer | Referral:
+        referral = self._check_route(handle, writing=False)
+        if referral is not None:
+            return referral
+        record = await self.store.get(handle.key)
+        if record is None:
+            return Answer(None, False)
+        values = record.values
+        if identity is None or not await self.may(identity, Perm.READ_VALUE, handle, record):
+            values = public_values(values)
+        filtered = bool(types or indexes)
+        return Answer(filter_values(values, types, indexes), filtered)
+
+    async def list_handles(
+        self, prefix_text: str, *, page: int | None, page_size: int | None, identity: Identity | None
+    ) -> tuple[str, int, list[str]]:
+        prefix = parse_prefix(prefix_text)
+        handle = parse_handle(prefix_handle(prefix))
+        # Listing a prefix answers for handles *under* it, so route an ordinary handle of that prefix.
+        self._check_route(parse_handle(f"{prefix}/x"), writing=True)
+        record = await self.store.get(handle.key)
+        if identity is None:
+            raise AuthenticationNeeded(f"listing {prefix} needs credentials", handle=prefix_text)
+        if not await self.may(identity, Perm.LIST_HANDLES, handle, record):
+            raise PermissionDenied(f"{identity} may not list handles under {prefix}", handle=prefix_text)
+        if page_size == 0:
+            total, _ = await self.store.list_keys(prefix, limit=0)
+            return prefix, total, []
+        if page is None or page < 0 or page_size is None or page_size < 0:
+            total, keys = await self.store.list_keys(prefix)
+        else:
+            total, keys = await self.store.list_keys(prefix, offset=page * page_size, limit=page_size)
+        return prefix, total, keys
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def _writable(self, handle: Handle) -> None:
+        await self.admit_write(handle)
+        self._check_route(handle, writing=True)
+
+    def _refuse_if_read_only(self, handle: Handle | None) -> None:
+        if self.read_only:
+            default = f"{self.spec.name} is a mirror and refuses writes; send them to its primary"
+            raise ReadOnly(self.read_only_message or default, handle=handle.text if handle else None)
+
+    # The steps of a client write, public for bulk registration (nodes.authoritative.batch.endpoint),
+    # which takes them in the same order as put() and delete(): admit_write(), then under write_lock
+    # refuse_if_read_only(), the checks, commit() and learn_write(), then acknowledge() outside the lock.
+
+    async def admit_write(self, handle: Handle | None = None) -> None:
+        """Wait for the observer's gate, then refuse (503/7) if this node takes no writes."""
+        await self._observer.before_write()
+        self._refuse_if_read_only(handle)
+
+    @property
+    def write_lock(self) -> asyncio.Lock:
+        return self._write_lock
+
+    def refuse_if_read_only(self) -> None:
+        self._refuse_if_read_only(None)
+
+    def route_write(self, handle: Handle, zone: Zone | None = None) -> None:
+        """Raise NotResponsible (301) unless ``handle`` may be written here (per ``zone``, default
+        the node's own: a batch routes against a copy that has learnt its earlier prefix handles)."""
+        self._check_route(handle, writing=True, zone=zone)
+
+    def learn_write(self, prefix: str | None, values: tuple[HandleValue, ...] | None, *, secrets: bool) -> None:
+        """After a committed write: the prefix handle of ``prefix`` now holds ``values`` (None:
+        deleted); ``secrets``: an HS_SECKEY value was written or removed."""
+        if prefix is not None:
+            self.zone.learn(prefix, values)
+        if secrets:
+            self._verified.clear()  # a changed or removed secret must stop working at once
+
+    async def set_read_only(self, message: str | None) -> None:
+        """Refuse writes from now on, saying ``message``, or accept them again (None).
+
+        Waits for a write in progress, so none commits after this returns under the old setting."""
+        async with self._write_lock:
+            self.read_only, self.read_only_message = message is not None, message
+
+    async def commit(self, writes: Sequence[Write], *, created: bool = False) -> int:
+        """Write ``writes`` in one transaction (under ``write_lock``); the last change's seq.
+        ``created``: every key was checked, under the lock, to have no record (``Storage.write``)."""
+        try:
+            return await self.store.write(writes, created=created)
+        finally:
+            self._observer.committed()
+
+    async def _acknowledge(self, result: WriteResult) -> WriteResult:
+        await self.acknowledge(result.seq)
+        return result
+
+    async def acknowledge(self, seq: int) -> None:
+        """The observer's ``before_ack`` for a write committed at ``seq`` (nothing if 0: nothing changed)."""
+        if seq:
+            await self._observer.before_ack(seq)
+
+    async def put(
+        self,
+        handle: Handle,
+        values: tuple[HandleValue, ...],
+        *,
+        overwrite: bool,
+        indexes: Sequence[int] | None,
+        identity: Identity | None,
+    ) -> WriteResult:
+        """PUT /api/handles/...: create or replace the record, or add/replace only ``indexes``."""
+        await self._writable(handle)
+        if identity is None:
+            raise AuthenticationNeeded(
+                f"writing {handle.text} needs credentials (Basic INDEX%3AHANDLE:secret)", handle=handle.text
+            )
+        if indexes is not None and set(indexes) != {v.index for v in values}:
+            raise ProtocolError(
+                f"Mismatched indexes in PUT request: the query names {sorted(set(indexes))}, the body has "
+                f"{sorted(v.index for v in values)}",
+                handle=handle.text,
+            )
+        values = await asyncio.to_thread(hash_secret_values, values)
+        async with self._write_lock:
+            self._refuse_if_read_only(handle)  # again: the node may have been demoted meanwhile
+            current = await self.store.get(handle.key)
+            if indexes is None:
+                if current is None:
+                    create = Perm.ADD_DERIVED_PREFIX if handle.is_prefix_handle else Perm.ADD_HANDLE
+                    await self._require(identity, {create}, handle, None)
+                    new, created = values, True
+                elif not overwrite:
+                    raise HandleAlreadyExists(f"{handle.text} already exists (overwrite=false)", handle=handle.text)
+                else:
+                    new, created = keep_timestamps(current.values, values), False
+            else:
+                if current is None:
+                    raise HandleNotFound(
+                        f"{handle.text} does not exist, so values cannot be added to it", handle=handle.text
+                    )
+                new = merge_values(
+                    current.values, values, overwrite=overwrite, handle_text=handle.text, limits=self.limits
+                )
+                created = len(new) > len(current.values)
+            if current is not None:
+                await self._require(identity, changes_needed(current.values, new), handle, current)
+                if len(new) == len(current.values) and all(
+                    a.same_content(b) for a, b in zip(new, current.values, strict=True)
+                ):
+                    return WriteResult(handle.text, created, 0)  # nothing changed: nothing to log
+            seq = await self.commit([Write(handle.key, new)])
+            self._after_write(handle, current, new)
+        return await self._acknowledge(WriteResult(handle.text, created, seq))
+
+    async def mint(self, prefix_text: str, values: tuple[HandleValue, ...], identity: Identity | None) -> WriteResult:
+        """PUT with ``mintNewSuffix=true``: create a handle whose suffix ends in a fresh random UUID."""
+        handle = parse_handle(prefix_text + uuid.uuid4().hex.upper())
+        return await self.put(handle, values, overwrite=False, indexes=None, identity=identity)
+
+    async def delete(self, handle: Handle, *, indexes: Sequence[int] | None, identity: Identity | None) -> WriteResult:
+        await self._writable(handle)
+        if identity is None:
+            raise AuthenticationNeeded(f"deleting {handle.text} needs credentials", handle=handle.text)
+        if handle.is_prefix_handle and handle.zone == self.zone.own and not indexes:
+            raise PermissionDenied(
+                f"{handle.text} is this node's own prefix handle and cannot be deleted", handle=handle.text
+            )
+        async with self._write_lock:
+            self._refuse_if_read_only(handle)
+            current = await self.store.get(handle.key)
+            if current is None:
+                raise HandleNotFound(f"{handle.text} does not exist", handle=handle.text)
+            new: tuple[HandleValue, ...] | None
+            if indexes:
+                new = remove_values(current.values, indexes, handle_text=handle.text)
+                await self._require(identity, changes_needed(current.values, new), handle, current)
+            else:
+                remove = Perm.DELETE_DERIVED_PREFIX if handle.is_prefix_handle else Perm.DELETE_HANDLE
+                await self._require(identity, {remove}, handle, current)
+                new = None
+            seq = await self.commit([Write(handle.key, new)])
+            self._after_write(handle, current, new)
+        return await self._acknowledge(WriteResult(handle.text, False, seq))
+
+    async def apply_replicated(self, writes: Sequence[Write]) -> int:
+        """Apply writes copied from this node's primary (a mirror's only way to change)."""
+        async with self._write_lock:
+            seq = await self.commit(writes)
+            for w in writes:
+                if w.key.startswith(PREFIX_NA + "/"):
+                    self.zone.learn(w.key.partition("/")[2], w.values)
+            self._verified.clear()
+        return seq
+
+    def _after_write(self, handle: Handle, old: Record | None, new: tuple[HandleValue, ...] | None) -> None:
+        touched = [*(old.values if old else ()), *(new or ())]
+        secrets = any(v.type.upper() == "HS_SECKEY" for v in touched)
+        self.learn_write(handle.zone if handle.is_prefix_handle else None, new, secrets=secrets)
+
+
+AUTHORITY: web.AppKey[Authority] = web.AppKey("authority")

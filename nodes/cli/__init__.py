@@ -1,0 +1,1 @@
+"""The ``idres`` command line."""

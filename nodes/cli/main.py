@@ -1,0 +1,253 @@
+"""The ``idres`` command line: ``up``, ``serve`` and ``resolve``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import click
+from rich.console import Console
+from rich.table import Table
+
+from resolver.client import HandleClient, Resolution
+from resolver.errors import ConfigError, HandleError
+
+__all__ = ["main"]
+
+DEFAULT_DATA = Path("idres-data")
+DEFAULT_SERVER = "http://127.0.0.1:8000"  # the default topology's recursive node
+
+topology_option = click.option(
+    "--topology",
+    "topology_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Topology file (TOML). Default: the built-in default topology (see `idres topology`).",
+)
+data_option = click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_DATA,
+    show_default=True,
+    help="Directory for the nodes' SQLite files, logs and operator secrets.",
+)
+
+
+@click.group()
+@click.version_option(package_name="idres")
+def main() -> None:
+    """Industrial internet identifier resolution: Handle-compatible nodes and tools."""
+
+
+@main.command()
+@topology_option
+@data_option
+def up(topology_path: Path | None, data_dir: Path) -> None:
+    """Start every node of the topology, register delegations and demo data; Ctrl-C stops them all."""
+    from nodes.running.launcher import up as run_up
+    from nodes.running.topology_file import load_topology
+
+    console = Console()
+    try:
+        topology = load_topology(topology_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(run_up(topology, topology_path.resolve() if topology_path else None, data_dir, console))
+
+
+@main.command()
+@click.option("--node", "name", required=True, help="Name of the node in the topology.")
+@topology_option
+@data_option
+def serve(name: str, topology_path: Path | None, data_dir: Path) -> None:
+    """Run one node of the topology in the foreground."""
+    from nodes.running.serve import serve_node
+    from nodes.running.topology_file import load_topology
+
+    try:
+        serve_node(load_topology(topology_path), name, data_dir)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@topology_option
+@data_option
+@click.option("--demo/--no-demo", default=True, show_default=True, help="Also register the demo identifiers.")
+@click.option("--wait", "wait_seconds", default=60.0, show_default=True, help="Seconds to wait for the nodes.")
+def seed(topology_path: Path | None, data_dir: Path, demo: bool, wait_seconds: float) -> None:
+    """Register the topology's delegations and hosted prefixes on nodes that are already running
+    (started with `idres serve` or docker compose), with the operators' credentials; idempotent."""
+    from nodes.running.launcher import seed as run_seed
+    from nodes.running.topology_file import load_topology
+
+    try:
+        topology = load_topology(topology_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(run_seed(topology, data_dir, Console(), demo=demo, timeout=wait_seconds))
+
+
+@main.command()
+def topology() -> None:
+    """Print the default topology file, to copy and edit."""
+    from nodes.running.topology_file import DEFAULT_TOPOLOGY
+
+    click.echo(DEFAULT_TOPOLOGY.read_text(encoding="utf-8"), nl=False)
+
+
+def _data_text(value: dict[str, Any]) -> str:
+    data = value.get("data", {})
+    inner = data.get("value") if isinstance(data, dict) else data
+    return inner if isinstance(inner, str) else json.dumps(inner, ensure_ascii=False)
+
+
+def _print_resolution(console: Console, handle: str, found: Resolution) -> None:
+    path = Table(title="path", show_edge=False)
+    for column in ("hop", "node", "answer", "ms"):
+        path.add_column(column)
+    body = found.reply.body
+    rows = [
+        (
+            f"{hop.url} {hop.description}".strip(),
+            "unreachable" if hop.status == 0 else f"HTTP {hop.status}, responseCode {hop.response_code}",
+            f"{hop.ms:.1f}",
+        )
+        for hop in found.hops
+    ]
+    # A recursive node reports the walk it made on our behalf (trace=true): show those hops too.
+    for step in body.get("trace", []) if isinstance(body.get("trace"), list) else []:
+        rows.append(
+            (
+                f"  via {step.get('address', '')} {step.get('node', '')}".rstrip(),
+                f"cache {step.get('cache', '')}{', ' + step['outcome'] if step.get('outcome') else ''}",
+                f"{step.get('ms', 0):.1f}",
+            )
+        )
+    for i, (node, answer, ms) in enumerate(rows, 1):
+        path.add_row(str(i), node, answer, ms)
+    console.print(path)
+    if found.reply.response_code != 1:
+        console.print(
+            f"[red]{handle}: {body.get('message', 'error')} "
+            f"(responseCode {found.reply.response_code}, HTTP {found.reply.status})[/red]"
+        )
+        return
+    table = Table(title=body.get("handle", handle))
+    for column in ("index", "type", "data", "ttl", "timestamp"):
+        table.add_column(column)
+    for value in body.get("values", []):
+        table.add_row(
+            str(value.get("index")),
+            str(value.get("type")),
+            _data_text(value),
+            str(value.get("ttl", "")),
+            str(value.get("timestamp", "")),
+        )
+    console.print(table)
+
+
+@main.command()
+@click.argument("handle")
+@click.option("--server", default=DEFAULT_SERVER, show_default=True, help="Node to start from.")
+@click.option("--type", "types", multiple=True, help="Only values of this type (repeatable).")
+@click.option("--index", "indexes", multiple=True, type=int, help="Only the value at this index (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw response instead of a table.")
+def resolve(handle: str, server: str, types: tuple[str, ...], indexes: tuple[int, ...], as_json: bool) -> None:
+    """Resolve HANDLE, following referrals from SERVER down to the node that holds it."""
+    params = [("type", t) for t in types] + [("index", str(i)) for i in indexes]
+    if not as_json:
+        params.append(("trace", "true"))  # a recursive node then says which nodes it asked
+
+    async def run() -> Resolution:
+        async with aiohttp.ClientSession() as session:
+            return await HandleClient(session).resolve(handle, [server], params=params)
+
+    try:
+        found = asyncio.run(run())
+    except HandleError as exc:
+        raise click.ClickException(exc.message) from exc
+    if as_json:
+        click.echo(json.dumps(found.reply.body, ensure_ascii=False, indent=2))
+    else:
+        _print_resolution(Console(), handle, found)
+    if found.reply.response_code not in (1,):
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--server", required=True, help="The node that owns the identifiers' prefix (its primary).")
+@click.option("--user", "identity", required=True, help="Who registers: INDEX:HANDLE, e.g. 300:0.NA/88.118.8.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Default: from FILE's extension."
+)
+@click.option("--op", type=click.Choice(["create", "upsert"]), default="create", show_default=True)
+@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Batches in flight.")
+@click.option("--retries", default=5, show_default=True, type=click.IntRange(0, 100), help="Per failed batch.")
+@click.option("--timeout", default=120.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds a batch.")
+@click.option(
+    "--report",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where rejected items go, one JSON line each. Default: FILE.rejected.jsonl.",
+)
+@click.option("--resume", is_flag=True, help="Go on from FILE.idres-checkpoint, left by an interrupted run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def register(
+    file: Path,
+    server: str,
+    identity: str,
+    fmt: str | None,
+    op: str,
+    batch_size: int,
+    concurrency: int,
+    retries: int,
+    timeout: float,
+    report: Path | None,
+    resume: bool,
+    quiet: bool,
+) -> None:
+    """Register the identifiers in FILE (CSV or JSON Lines) on SERVER, in concurrent batches.
+
+    The secret comes from the environment variable IDRES_SECRET, else from a prompt; never from the
+    command line. Exit status: 0 when every record was registered, 1 when any was rejected (they are
+    listed in the report), 2 when registration could not go on (it can then be resumed with --resume).
+    See docs/bulk-registration.md for the file formats.
+    """
+    import os
+
+    from nodes.cli.register_run import run, show_progress_for
+    from resolver.bulk.register import RegisterOptions, format_for
+    from resolver.bulk.sender import RetryPolicy
+    from resolver.names import parse_identity
+
+    try:
+        parse_identity(identity)
+    except HandleError as exc:
+        raise click.BadParameter(exc.message, param_hint="--user") from exc
+    fmt = fmt or format_for(file.name)
+    if fmt is None:
+        raise click.BadParameter(f"cannot tell the format of {file.name} from its name", param_hint="--format")
+    secret = os.environ.get("IDRES_SECRET") or click.prompt(f"Secret of {identity}", hide_input=True, err=True)
+    console = Console(stderr=True)
+    options = RegisterOptions(
+        file,
+        server,
+        identity,
+        secret,
+        fmt=fmt,
+        op=op,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        policy=RetryPolicy(retries=retries, timeout=timeout),
+        report=report,
+        resume=resume,
+    )
+    sys.exit(run(options, console, show_progress=show_progress_for(console, quiet)))

@@ -1,0 +1,1 @@
+"""Replication: change-log endpoints, roles and promotion, and the follower a mirror runs."""

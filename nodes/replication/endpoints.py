@@ -1,0 +1,272 @@
+"""Pull replication: every node serves its change log and a snapshot; a mirror copies, then follows.
+
+Endpoints (changes, snapshot and promote are operator-only, ``300:0.NA/<prefix>``, as they carry
+non-public values such as hashed HS_SECKEY or change the node's role; status is public):
+
+- ``GET /api/replication/changes?after=SEQ&limit=N&wait=SECONDS[&node=NAME&epoch=E]`` ->
+  ``{"responseCode": 1, "lastSeq": L, "epoch", "changes": [{"seq", "key", "op": "put"|"delete",
+  "values"}]}``, seq > after in order (limit 1000 by default, at most 10000; ``lastSeq`` >= every seq
+  in the page). With ``wait`` (at most 30 s) and nothing new it long-polls until a write commits or
+  the wait ends. A mirror adds its name and epoch: its ``after`` is then its acknowledgement that it
+  has applied everything up to ``after`` (counted for a peer of this node at this node's epoch).
+- ``GET /api/replication/snapshot[?after_key=KEY]`` -> a stream of maps (msgpack objects back to back,
+  or NDJSON lines): ``{"responseCode": 1, "lastSeq": L, "epoch", "node"}``, then ``{"key", "values"}``
+  per record in (prefix, key) order after ``after_key`` (to resume a cut stream), then
+  ``{"responseCode": 1, "done": true, "count": N}``; no trailer means cut short,
+  ``{"responseCode": 2, "message"}`` failed. L is read before any key is listed, so replaying the
+  changes after L converges: puts and deletes carry whole records, so they are idempotent and the
+  last one for a key wins. Every stored record is sent, whatever its prefix, so that equal data
+  gives equal digests.
+- ``GET /api/replication/status[?digest=false]`` -> role, node, epoch, writable, roleSource
+  ("topology", or "promoted"/"demoted": a stored role, which wins over the topology; ``note`` then
+  says how it differs), lastSeq (of this node's own log), records and digest (``Storage.digest``:
+  SHA-256 over every key and values blob in key order; O(records), cached until the next write;
+  ``digest=false`` skips it), ``message`` when writes are refused. A primary adds ``syncMirrors`` and
+  ``mirrors``: per mirror that polled it, ``appliedSeq``, ``lagSeq`` and ``seenSecondsAgo``. A
+  mirror adds appliedSeq (the upstream's seq applied), snapshotSeq, primary (URL), primaryNode,
+  primaryEpoch, connected, lagSeq, lagSeconds (0 while connected and caught up, else seconds since it
+  last was, null if never) and lastError.
+- ``POST /api/replication/promote`` -> ``{"responseCode": 1, "role": "primary", "epoch": N}``: see
+  ``nodes.replication.roles`` (roles, epochs, peer checks, sync_mirrors).
+
+Values: in msgpack (between nodes, DESIGN §4) ``values`` is one ``bin`` blob, exactly
+``codec.pack_values`` output, so a mirror stores bit for bit what the primary holds, unvalidated and
+unchanged. In JSON/NDJSON (for people) it is the list of HANDLE.NET wire values. A delete: null.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from bisect import bisect_right
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from nodes.authoritative.authority import AUTHORITY
+from nodes.authoritative.config import CONFIG
+from nodes.replication.follower import APPLIED_SEQ, SNAPSHOT_SEQ, MirrorState, meta_int
+from nodes.replication.roles import REPLICATION, ChangeFeed, Replication
+from nodes.shared.http_api import query_bool, query_int, respond
+from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, pack_values
+from resolver.errors import AuthenticationNeeded, HandleError, PermissionDenied, ProtocolError
+from resolver.storage import Change, PackedChange
+from resolver.values import HandleValue, value_to_wire
+
+if TYPE_CHECKING:
+    from nodes.authoritative.authority import Authority
+
+__all__ = ["ChangeFeed", "MirrorState", "Replication", "setup_replication"]
+
+log = logging.getLogger("idres.replication")
+
+DEFAULT_LIMIT = 1_000
+MAX_LIMIT = 10_000
+MAX_WAIT = 30.0
+# A long-poll also rereads the log this often, so writes that bypass the Authority (another process
+# on the same database file, or a direct store.write) are still seen within a second.
+RECHECK_SECONDS = 1.0
+SNAPSHOT_CHUNK = 500  # records per get_many
+
+
+# -- serving: every authoritative node ---------------------------------------------------------
+
+
+async def _operator(request: web.Request) -> Authority:
+    authority = request.app[AUTHORITY]
+    identity = await authority.authenticate(request.headers.get("Authorization"))
+    if identity is None:
+        raise AuthenticationNeeded(f"replication needs the operator's credentials ({authority.operator})")
+    operator = authority.operator
+    if (identity.index, identity.key) != (operator.index, operator.key):
+        raise PermissionDenied(f"{identity} may not replicate: only the node's operator {operator} may")
+    return authority
+
+
+def _wire_values(values: Sequence[HandleValue] | None, packed: bool) -> Any:
+    if values is None:
+        return None
+    return pack_values(values) if packed else [value_to_wire(v) for v in values]
+
+
+def _change_body(change: Change) -> dict[str, Any]:
+    values = None if change.op == "delete" else change.values
+    return {"seq": change.seq, "key": change.key, "op": change.op, "values": _wire_values(values, False)}
+
+
+def _packed_change_body(change: PackedChange) -> dict[str, Any]:
+    # The stored bytes are exactly pack_values output: sent as they are, never decoded here.
+    return {"seq": change.seq, "key": change.key, "op": change.op, "values": change.blob}
+
+
+async def _read_changes(authority: Authority, after: int, limit: int, packed: bool) -> tuple[list[dict[str, Any]], int]:
+    """The change bodies after ``after`` and the newest seq among them (0 if none)."""
+    if packed:
+        raw = await authority.store.changes_packed(after, limit)
+        return [_packed_change_body(c) for c in raw], raw[-1].seq if raw else 0
+    changes = await authority.store.changes(after, limit)
+    return [_change_body(c) for c in changes], changes[-1].seq if changes else 0
+
+
+async def get_changes(request: web.Request) -> web.Response:
+    authority = await _operator(request)
+    after, limit = query_int(request, "after") or 0, query_int(request, "limit") or DEFAULT_LIMIT
+    try:
+        wait = float(request.query.get("wait") or 0)
+    except ValueError:
+        raise ProtocolError(f"parameter wait={request.query['wait']!r} is not a number of seconds") from None
+    if after < 0 or limit < 0 or not 0 <= wait < math.inf:
+        raise ProtocolError("after, limit and wait must not be negative")
+    limit, wait = min(limit, MAX_LIMIT), min(wait, MAX_WAIT)
+    replication = request.app[REPLICATION]
+    node, epoch = request.query.get("node"), query_int(request, "epoch")
+    if node and epoch == replication.epoch and any(peer.name == node for peer in replication.peers):
+        replication.acks.report(node, after)  # a mirror's `after` is what it has applied
+    feed = replication.feed
+    packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        # Take the event before reading: a write committing after the read sets this very event,
+        # so it cannot slip in between the read and the wait unnoticed.
+        woken = feed.event
+        found, newest = await _read_changes(authority, after, limit, packed)
+        remaining = deadline - loop.time()
+        if found or remaining <= 0 or feed.closing:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_SECONDS))
+    last = max(await authority.store.last_seq(), newest)
+    body = {"responseCode": 1, "lastSeq": last, "epoch": replication.epoch, "changes": found}
+    return respond(request, 200, body)
+
+
+async def get_snapshot(request: web.Request) -> web.StreamResponse:
+    authority = await _operator(request)
+    replication = request.app[REPLICATION]
+    feed = replication.feed
+    after_key = request.query.get("after_key", "")
+    after_prefix = after_key.partition("/")[0]
+    packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
+
+    def frame(obj: dict[str, Any]) -> bytes:
+        return encode(obj, MSGPACK) if packed else encode(obj, JSON) + b"\n"
+
+    store = authority.store
+    last = await store.last_seq()  # before listing: see the module docstring
+    prefixes = await store.prefixes()  # every record is copied, so digests can be compared
+    response = web.StreamResponse(headers={"Content-Type": MSGPACK if packed else NDJSON})
+    await response.prepare(request)
+    count = 0
+    try:
+        head = {"responseCode": 1, "lastSeq": last, "epoch": replication.epoch, "node": authority.spec.name}
+        await response.write(frame(head))
+        for prefix in prefixes:
+            if after_key and prefix < after_prefix:
+                continue
+            # One statement per prefix: a consistent view, so no key is skipped by concurrent writes
+            # (offset paging could skip one); only the keys sit in memory, records go by chunks.
+            _, keys = await store.list_keys(prefix)
+            start = bisect_right(keys, after_key) if after_key and prefix == after_prefix else 0
+            for i in range(start, len(keys), SNAPSHOT_CHUNK):
+                if feed.closing:
+                    return response  # no trailer: the mirror resumes after the last key it got
+                batch = keys[i : i + SNAPSHOT_CHUNK]
+                records = await store.get_many(batch)
+                # A listed key missing now was deleted after `last`; replaying that delete covers it.
+                frames = [
+                    frame({"key": k, "values": _wire_values(records[k].values, packed)}) for k in batch if k in records
+                ]
+                count += len(frames)
+                await response.write(b"".join(frames))
+        await response.write(frame({"responseCode": 1, "done": True, "count": count}))
+    except ConnectionError:
+        return response  # the mirror went away; it will ask again
+    except HandleError as exc:
+        log.warning("snapshot for %s failed after %d records: %s", request.remote, count, exc.message)
+        await response.write(frame({"responseCode": exc.response_code, "message": exc.message}))
+    return response
+
+
+async def get_status(request: web.Request) -> web.Response:
+    authority, replication = request.app[AUTHORITY], request.app[REPLICATION]
+    store = authority.store
+    last = await store.last_seq()
+    body: dict[str, Any] = {
+        "responseCode": 1,
+        "role": replication.role,
+        "node": authority.spec.name,
+        "epoch": replication.epoch,
+        "writable": not authority.read_only,
+        "roleSource": replication.role_source,
+        "lastSeq": last,
+    }
+    note = replication.note()
+    if note:
+        body["note"] = note
+    if authority.read_only:
+        body["message"] = authority.read_only_message
+    if query_bool(request, "digest", default=True):
+        body["records"], body["digest"] = await store.digest()
+    state = replication.mirror
+    if replication.role == "primary":
+        now = time.monotonic()
+        body["syncMirrors"] = replication.sync
+        body["mirrors"] = {
+            name: {"appliedSeq": seq, "lagSeq": max(last - seq, 0), "seenSecondsAgo": round(now - seen, 3)}
+            for name, (seq, seen) in sorted(replication.acks.applied.items())
+        }
+    elif state is not None:
+        applied = await meta_int(store, APPLIED_SEQ)
+        body.update(
+            appliedSeq=applied,
+            snapshotSeq=await meta_int(store, SNAPSHOT_SEQ),
+            primary=state.primary,
+            primaryNode=state.name,
+            primaryEpoch=state.primary_epoch,
+            connected=state.connected,
+            lagSeq=None if state.primary_seq is None else max(state.primary_seq - (applied or 0), 0),
+            lagSeconds=state.lag_seconds(),
+            lastError=state.last_error,
+        )
+    return respond(request, 200, body)
+
+
+async def post_promote(request: web.Request) -> web.Response:
+    """Make this node the writable primary (see ``nodes.replication.roles``); the operator only."""
+    await _operator(request)
+    epoch = await request.app[REPLICATION].promote()
+    return respond(request, 200, {"responseCode": 1, "role": "primary", "epoch": epoch})
+
+
+# -- wiring ----------------------------------------------------------------------------------------
+
+
+async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
+    replication = app[REPLICATION]
+    try:
+        await replication.start(app[AUTHORITY], app[CONFIG])
+        yield
+    finally:
+        await replication.stop()
+
+
+async def _wake_long_polls(app: web.Application) -> None:
+    app[REPLICATION].feed.close()
+
+
+def setup_replication(app: web.Application) -> None:
+    """Add the replication endpoints and the task that follows another node or checks the peers."""
+    app[REPLICATION] = Replication()
+    app.router.add_get("/api/replication/changes", get_changes)
+    app.router.add_get("/api/replication/snapshot", get_snapshot)
+    app.router.add_get("/api/replication/status", get_status)
+    app.router.add_post("/api/replication/promote", post_promote)
+    # on_shutdown runs before aiohttp waits for open requests: a 30 s long-poll must not hold it up.
+    app.on_shutdown.append(_wake_long_polls)
+    # After _storage_ctx (create_app calls this last), so the store and authority exist here.
+    app.cleanup_ctx.append(_replication_ctx)

@@ -1,0 +1,280 @@
+"""A mirror's puller: copy a snapshot of the node it follows, then follow that node's change log.
+
+The wire format is described in ``nodes.replication.endpoints``. What the puller keeps in the meta table:
+
+- ``applied_seq``: the upstream's last seq this mirror has applied; absent or "" means "copy a snapshot
+  first" ("" is how a demotion resets it, as Storage has no way to delete a meta entry).
+- ``snapshot_seq``: lastSeq of the first snapshot attempt; the change log is replayed from there.
+- ``resync``: "1" after a demotion. The local records may then hold writes the new primary never
+  saw, so once the snapshot is complete every local record the snapshot did not send is deleted.
+  (The keys received are kept in memory meanwhile; a restart restarts the stream from its start.)
+
+Every answer carries the upstream's epoch; ``check_epoch`` refuses one below this node's own (the
+upstream was superseded by a promotion) and adopts a higher one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import msgpack
+
+from resolver.client import HandleClient
+from resolver.codec import MSGPACK
+from resolver.errors import HandleError, ReplicationError
+from resolver.storage import Storage, Write
+
+if TYPE_CHECKING:
+    from nodes.authoritative.authority import Authority
+
+__all__ = ["APPLIED_SEQ", "RESYNC", "SNAPSHOT_SEQ", "Mirror", "MirrorState", "meta_int"]
+
+log = logging.getLogger("idres.replication")
+
+POLL_WAIT = 20  # what a mirror asks for: long enough to idle cheaply, well under the primary's maximum
+POLL_PAGE = 5_000  # changes per request; values travel as stored, so a page costs little CPU on either side
+SNAPSHOT_CHUNK = 500  # records per apply_replicated on the mirror
+SNAPSHOT_READ_TIMEOUT = 60.0  # silence mid-stream longer than this means the primary is gone
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+APPLIED_SEQ = "applied_seq"
+SNAPSHOT_SEQ = "snapshot_seq"
+RESYNC = "resync"
+
+
+async def meta_int(store: Storage, name: str) -> int | None:
+    """A numeric meta entry; None when absent or reset to ""."""
+    text = await store.get_meta(name)
+    return int(text) if text else None
+
+
+@dataclass(slots=True)
+class MirrorState:
+    """What a mirror's puller knows about its link to the node it follows, for the status endpoint."""
+
+    primary: str  # URL
+    name: str = ""  # the node's name in the topology
+    connected: bool = False
+    caught_up: bool = False
+    synced_at: float | None = None  # time.monotonic() when it last knew it had everything
+    last_error: str | None = None
+    primary_epoch: int | None = None  # as it last answered
+    primary_seq: int | None = None  # its lastSeq as it last answered
+
+    def lag_seconds(self) -> float | None:
+        if self.connected and self.caught_up:
+            return 0.0
+        return None if self.synced_at is None else round(time.monotonic() - self.synced_at, 3)
+
+
+def _write_of(item: dict[str, Any]) -> Write:
+    """The Write a replicated ``{"key", "values"[, "op"]}`` item stands for (values: a pack_values blob)."""
+    key, values = item.get("key"), item.get("values")
+    if not isinstance(key, str):
+        raise ReplicationError(f"replicated item without a key: {str(item)[:200]}")
+    if item.get("op") == "delete":
+        return Write(key, None)
+    if not isinstance(values, bytes):
+        raise ReplicationError(f"replicated put of {key!r} carries no packed values")
+    return Write.packed(key, values)  # stored bit for bit as the primary holds it, not decoded
+
+
+async def _stream_items(resp: aiohttp.ClientResponse) -> AsyncGenerator[dict[str, Any], None]:
+    """The msgpack maps of a streamed body, decoded as the bytes arrive."""
+    unpacker = msgpack.Unpacker(raw=False)
+    async for chunk in resp.content.iter_chunked(65_536):
+        unpacker.feed(chunk)
+        for item in unpacker:
+            if not isinstance(item, dict):
+                raise ReplicationError(f"snapshot: unexpected item {str(item)[:200]}")
+            yield item
+
+
+def _epoch_of(body: dict[str, Any]) -> int:
+    epoch = body.get("epoch", 0)  # a node from before epochs is at epoch 0
+    if not isinstance(epoch, int) or epoch < 0:
+        raise ReplicationError(f"the upstream sent a bad epoch {epoch!r}")
+    return epoch
+
+
+class Mirror:
+    """A mirror's background puller: copy a snapshot once, then follow the upstream's change log."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        state: MirrorState,
+        session: aiohttp.ClientSession,
+        auth: str,
+        *,
+        check_epoch: Callable[[int], Awaitable[None]],
+        epoch: Callable[[], int],
+    ) -> None:
+        self._authority = authority
+        self._state = state
+        self._session = session
+        self._auth = auth
+        self._check_epoch = check_epoch
+        self._epoch = epoch  # this node's current epoch, sent with each poll
+        # The long-poll holds the request open for POLL_WAIT; allow for that plus a slow answer.
+        self._client = HandleClient(session, timeout=POLL_WAIT + 10)
+        self._resume_key = ""  # the last snapshot key applied, so a cut stream resumes after it
+        self._received: set[str] = set()  # during a resync: every key the snapshot sent
+        self._delay = BACKOFF_MIN
+
+    async def run(self) -> None:
+        store = self._authority.store
+        while True:
+            try:
+                if await meta_int(store, APPLIED_SEQ) is None:
+                    await self._copy_snapshot()
+                await self._follow()
+            except Exception as exc:  # keep replicating whatever went wrong; reads never stop
+                message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if message != self._state.last_error:  # once per new problem, not once per retry
+                    expected = isinstance(exc, ReplicationError | HandleError | aiohttp.ClientError | OSError)
+                    log.warning("replication from %s: %s", self._state.primary, message, exc_info=not expected)
+                self._state.connected = self._state.caught_up = False
+                self._state.last_error = message
+            await asyncio.sleep(self._delay)
+            self._delay = min(self._delay * 2, BACKOFF_MAX)
+
+    def _reached(self, *, caught_up: bool) -> None:
+        """The upstream answered: reset the backoff and note whether this mirror has everything."""
+        self._delay = BACKOFF_MIN
+        self._state.connected, self._state.caught_up, self._state.last_error = True, caught_up, None
+        if caught_up:
+            self._state.synced_at = time.monotonic()
+
+    async def _answered(self, body: dict[str, Any]) -> None:
+        epoch = _epoch_of(body)
+        await self._check_epoch(epoch)  # raises before anything of a superseded node is applied
+        self._state.primary_epoch = epoch
+
+    async def _copy_snapshot(self) -> None:
+        store = self._authority.store
+        params = {"after_key": self._resume_key} if self._resume_key else {}
+        headers = {"Accept": MSGPACK, "Authorization": self._auth}
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=SNAPSHOT_READ_TIMEOUT)
+        url = self._state.primary + "/api/replication/snapshot"
+        stream = self._session.get(url, params=params, headers=headers, timeout=timeout)
+        async with stream as resp, contextlib.aclosing(_stream_items(resp)) as items:
+            if resp.status != 200 or resp.content_type != MSGPACK:
+                raise ReplicationError(f"snapshot: HTTP {resp.status}: {(await resp.read())[:300]!r}")
+            header = await anext(items, None)
+            last = header.get("lastSeq") if header else None
+            if header is None or header.get("responseCode") != 1 or not isinstance(last, int):
+                raise ReplicationError(f"snapshot: bad header {str(header)[:200]}")
+            await self._answered(header)
+            self._state.primary_seq = last
+            resync = await store.get_meta(RESYNC) == "1"
+            if not self._resume_key:
+                self._received = set()
+            base = await meta_int(store, SNAPSHOT_SEQ)
+            if base is None:
+                # Replay starts at the first attempt's lastSeq even if this one is cut and retried:
+                # a record copied then and deleted since is only removed by replaying that delete.
+                await store.set_meta(SNAPSHOT_SEQ, str(last))
+            base = last if base is None else min(base, last)
+            self._reached(caught_up=False)
+            batch: list[Write] = []
+            received = 0
+            cut = "the stream ended before its end marker"
+            try:
+                async for item in items:
+                    if "key" in item:
+                        batch.append(_write_of(item))
+                        received += 1
+                        if len(batch) >= SNAPSHOT_CHUNK:
+                            await self._apply_snapshot(batch, resync)
+                            batch = []
+                    elif item.get("done") is True and item.get("count") == received:
+                        await self._apply_snapshot(batch, resync)
+                        if resync:
+                            await self._purge()
+                            await store.set_meta(RESYNC, "")
+                        await store.set_meta(APPLIED_SEQ, str(base))
+                        self._resume_key = ""
+                        log.info("copied a snapshot of %d records from %s", received, self._state.primary)
+                        return
+                    else:
+                        cut = f"the upstream reported {str(item)[:200]}"
+                        break
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                cut = f"{type(exc).__name__}: {exc}"
+            # Cut short: the records that did arrive are whole, so keep them and resume after the last.
+            await self._apply_snapshot(batch, resync)
+        raise ReplicationError(f"snapshot after {received} records: {cut}")
+
+    async def _apply_snapshot(self, batch: list[Write], resync: bool) -> None:
+        if batch:
+            await self._authority.apply_replicated(batch)
+            self._resume_key = batch[-1].key
+            if resync:
+                self._received.update(w.key for w in batch)
+
+    async def _purge(self) -> None:
+        """After a resync's snapshot: delete what this node holds and the upstream did not send.
+
+        Correct with writes going on upstream: a key missing from the stream was missing upstream
+        when its prefix was listed, after the snapshot's lastSeq; a later put of it is replayed."""
+        store = self._authority.store
+        stale: list[Write] = []
+        for prefix in await store.prefixes():
+            _, keys = await store.list_keys(prefix)
+            stale.extend(Write(key, None) for key in keys if key not in self._received)
+        for i in range(0, len(stale), SNAPSHOT_CHUNK):
+            await self._authority.apply_replicated(stale[i : i + SNAPSHOT_CHUNK])
+        if stale:
+            log.warning("resync: deleted %d records that %s does not hold", len(stale), self._state.primary)
+        self._received = set()
+
+    async def _follow(self) -> None:
+        store = self._authority.store
+        applied = await meta_int(store, APPLIED_SEQ) or 0
+        while True:
+            # `after` is exactly what this mirror has applied: a primary waiting for acknowledgements
+            # (sync_mirrors) counts it, for this node's name, if the epochs agree.
+            params = {
+                "after": str(applied),
+                "limit": str(POLL_PAGE),
+                "wait": str(POLL_WAIT),
+                "node": self._authority.spec.name,
+                "epoch": str(self._epoch()),
+            }
+            reply = await self._client.request(
+                "GET", self._state.primary, "/api/replication/changes", params=params, authorization=self._auth
+            )
+            if reply.status != 200 or reply.response_code != 1:
+                raise ReplicationError(f"changes: HTTP {reply.status}: {reply.body.get('message', reply.body)}")
+            last, items = reply.body.get("lastSeq"), reply.body.get("changes")
+            if not isinstance(last, int) or not isinstance(items, list):
+                raise ReplicationError(f"changes: malformed answer {str(reply.body)[:200]}")
+            await self._answered(reply.body)
+            self._state.primary_seq = last
+            writes: list[Write] = []
+            seq = applied
+            for item in items:
+                ok = isinstance(item, dict) and item.get("op") in ("put", "delete") and isinstance(item.get("seq"), int)
+                if not ok or item["seq"] <= seq:
+                    raise ReplicationError(f"changes: bad or out-of-order item after seq {seq}: {str(item)[:200]}")
+                writes.append(_write_of(item))
+                seq = item["seq"]
+            if writes:
+                await self._authority.apply_replicated(writes)
+                # A crash here, before applied_seq moves, makes the next start fetch and apply this
+                # page again: harmless, since whole-record puts and deletes replayed in order end in
+                # the same state.
+                await store.set_meta(APPLIED_SEQ, str(seq))
+                applied = seq
+            if last < applied:
+                # The upstream's log is behind ours (restored from an old backup?): keep the data and
+                # say so; an operator can promote this node or wipe it to copy a fresh snapshot.
+                raise ReplicationError(f"the upstream's lastSeq {last} is behind the applied seq {applied}")
+            self._reached(caught_up=applied >= last)

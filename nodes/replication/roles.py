@@ -1,0 +1,402 @@
+"""Roles and epochs: which node of a replication group takes writes, promotion, demotion, sync acks.
+
+A replication group is a primary of the topology and its mirrors (``mirror_of``); every other member
+is a node's *peer*. Each node keeps in its meta table:
+
+- ``role``: "primary" or "mirror" once a promotion or a demotion decided it. It wins over the
+  topology, so a promoted mirror stays primary after a restart although the topology still says
+  ``mirror_of`` (the status endpoint says so). Absent: the topology decides.
+- ``epoch``: 0 for a fresh primary. A promotion sets it to one more than any epoch the node has seen
+  (its own, its upstream's, any reachable peer's). A mirror adopts a higher epoch from the node it
+  follows, and refuses data from one whose epoch is below its own (that node was superseded).
+- ``following``: the peer a demoted node follows.
+
+**When a primary checks for a promoted peer.** A primary with peers asks each one for
+``/api/replication/status`` at start (before it serves anything, one second at most per peer), then
+every ``PEER_CHECK_SECONDS`` (every ``RECHECK_SECONDS`` while it has not heard from all of them). A
+peer that reports role primary with a higher epoch was promoted: this node demotes itself (read-only,
+503/7 naming the new primary), stores role mirror and follows that peer, copying a fresh snapshot and
+deleting whatever it held that the new primary does not (its data may have diverged). A peer that is
+primary at the *same* epoch (two mirrors promoted at once) stops writes on both until an operator
+promotes one of them again. Checking before each write instead would add a round trip to every
+write and still leave a window (the peer may be promoted right after the check), so it is periodic.
+
+A *restarted* primary (one that stored an epoch before) with peers accepts no write until every peer
+has answered once: a peer that cannot be reached may be the promoted one. A write arriving meanwhile
+waits up to ``CHECK_WAIT`` seconds for the check, then gets 503/7 "checking for a promoted mirror".
+``POST /api/replication/promote`` on such a node ends the wait (the operator vouches for it, and it
+raises the epoch above any seen). A fresh database skips the wait: it holds nothing a promotion could
+have superseded. Once it has heard from every peer, a primary keeps taking writes when a peer goes
+away (that is what a mirror outage must not stop). Without a quorum, an old primary cut off from the
+others keeps accepting writes until its next successful check; those are dropped when it rejoins as
+a mirror. ``sync_mirrors`` closes that gap: no write is acknowledged that a mirror does not hold.
+
+**Promotion** (``POST /api/replication/promote``, the operator only): on a mirror, stop following,
+raise the epoch, store role and epoch, take writes. On a primary already taking writes it changes
+nothing and answers 200 with its epoch (idempotent, so a retried promotion is harmless).
+
+**Synchronous acknowledgement** (``sync_mirrors = true`` on a primary in the topology): a mirror's
+long-poll carries ``after`` (exactly the seq it has applied), its name and epoch; the primary keeps
+the highest ``after`` per mirror at its own epoch. A client write, once committed, waits until some
+mirror has reported its seq, at most ``SYNC_ACK_TIMEOUT`` seconds; then it fails with HTTP 503
+(responseCode 2) saying the write was committed on this node but not confirmed by a mirror. It is
+not rolled back (other clients may have read it) and it is not acknowledged either: acknowledging
+would break the promise that an acknowledged write survives the loss of the primary. The setting
+belongs to the node that carries it: a promoted mirror acknowledges alone (its primary is presumably
+down, and waiting for it would fail every write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Literal
+
+import aiohttp
+from aiohttp import web
+
+from nodes.replication.follower import (
+    APPLIED_SEQ,
+    RESYNC,
+    SNAPSHOT_SEQ,
+    Mirror,
+    MirrorState,
+    meta_int,
+)
+from resolver.client import HandleClient, basic_auth
+from resolver.config import NodeSpec
+from resolver.errors import NotReplicated, ReplicationError, UpstreamError
+from resolver.names import prefix_handle
+from resolver.storage import Storage
+
+if TYPE_CHECKING:
+    from nodes.authoritative.authority import Authority
+    from nodes.authoritative.config import AuthoritativeConfig
+
+__all__ = ["REPLICATION", "AckTracker", "ChangeFeed", "Replication", "stored_role"]
+
+log = logging.getLogger("idres.replication")
+
+ROLE, EPOCH, FOLLOWING = "role", "epoch", "following"
+PEER_CHECK_SECONDS = 2.0  # a primary asks its peers this often whether one of them was promoted
+RECHECK_SECONDS = 0.25  # ...and this often while it has not heard from every peer
+PEER_TIMEOUT = 1.0
+CHECK_WAIT = 3.0  # a write to a primary still checking its peers waits this long for the answer
+SYNC_ACK_TIMEOUT = 2.0  # with sync_mirrors, a write fails if no mirror has applied it by then
+
+Role = Literal["primary", "mirror"]
+
+
+async def stored_role(store: Storage) -> str | None:
+    """The role a promotion or demotion stored ("primary"/"mirror"), None if the topology decides."""
+    return await store.get_meta(ROLE) or None
+
+
+class ChangeFeed:
+    """Wakes long-polls when a write commits: each write sets the current event and starts a new one."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.closing = False
+
+    def notify(self) -> None:
+        self.event.set()
+        self.event = asyncio.Event()
+
+    def close(self) -> None:
+        """The node is shutting down: answer every long-poll now rather than hold up the shutdown."""
+        self.closing = True
+        self.notify()
+
+
+class AckTracker:
+    """The highest seq each mirror has reported applied (its long-poll's ``after``), and who waits."""
+
+    def __init__(self) -> None:
+        self.applied: dict[str, tuple[int, float]] = {}  # mirror name -> (seq, time.monotonic())
+        self._event = asyncio.Event()
+
+    def report(self, node: str, seq: int) -> None:
+        previous = self.applied.get(node)
+        self.applied[node] = (max(seq, previous[0] if previous else 0), time.monotonic())
+        self._event.set()
+        self._event = asyncio.Event()
+
+    def best(self) -> int:
+        return max((seq for seq, _ in self.applied.values()), default=0)
+
+    async def wait(self, seq: int, timeout: float) -> bool:
+        """Whether some mirror reports ``seq`` applied within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.best() < seq:
+            woken, remaining = self._event, deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), remaining)
+        return True
+
+
+class Replication:
+    """One node's replication state: role, epoch, the puller when it mirrors, the peer checks."""
+
+    def __init__(self) -> None:
+        self.feed = ChangeFeed()
+        self.acks = AckTracker()
+        self.role: Role = "primary"
+        self.epoch = 0
+        self.role_source = "topology"  # or "promoted"/"demoted": the stored role
+        self.mirror: MirrorState | None = None  # while this node follows another
+        self.peers: list[NodeSpec] = []
+        self.checked = False  # a primary: every peer answered since the start (or it was promoted)
+        self.conflict: str | None = None
+        self.sync = False
+        self._checked_event = asyncio.Event()
+        self._seen_epoch = 0  # the highest epoch a peer reported
+        self._lock = asyncio.Lock()  # one role change at a time
+        self._mirror_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._authority: Authority | None = None
+        self._spec: NodeSpec | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._auth = ""
+
+    @property
+    def authority(self) -> Authority:
+        assert self._authority is not None, "Replication.start() first"
+        return self._authority
+
+    @property
+    def spec(self) -> NodeSpec:
+        assert self._spec is not None, "Replication.start() first"
+        return self._spec
+
+    # -- start and stop --------------------------------------------------------------------------
+
+    async def start(self, authority: Authority, config: AuthoritativeConfig) -> None:
+        """Take the stored role (else the topology's) and start following or checking the peers."""
+        self._authority, self._spec = authority, config.spec
+        spec, topology, store = config.spec, config.topology, authority.store
+        self._session = aiohttp.ClientSession()
+        self._auth = basic_auth(f"300:{prefix_handle(spec.prefix or '')}", config.operator_secret)
+        self.peers = [n for n in topology.sites_of(spec.mirror_of or spec.name) if n.name != spec.name]
+        self.sync = spec.sync_mirrors
+        authority.observe(self)
+        stored = await stored_role(store)
+        known_epoch = await meta_int(store, EPOCH)
+        self.epoch = known_epoch or 0
+        if stored == "mirror" or (stored is None and spec.is_mirror):
+            self.role, self.role_source = "mirror", "demoted" if stored else "topology"
+            name = (await store.get_meta(FOLLOWING) if stored else None) or spec.mirror_of or ""
+            upstream = topology.nodes.get(name)
+            if upstream is None:  # the topology changed under a demoted node: wait for an operator
+                self.mirror = MirrorState("", name, last_error=f"{name!r} is not a node of the topology")
+                await authority.set_read_only(f"{spec.name} is a mirror of {name!r}, which the topology lacks")
+            else:
+                await self._follow(upstream)
+            return
+        self.role, self.role_source = "primary", "promoted" if stored else "topology"
+        if known_epoch is None:
+            await store.set_meta(EPOCH, "0")
+        if not self.peers or known_epoch is None:
+            self._settled()  # nothing to ask, or a fresh database nothing can have superseded
+            await authority.set_read_only(None)
+        else:
+            names = ", ".join(p.name for p in self.peers)
+            await authority.set_read_only(
+                f"{spec.name} restarted as a primary and refuses writes until each of its peers ({names}) has "
+                f"answered: checking for a promoted mirror (POST /api/replication/promote ends the wait)"
+            )
+            await self._check_peers()  # before serving: usually settles it at once
+        if self.peers:
+            self._watch_task = asyncio.create_task(self._watch_peers(), name=f"peers-of-{spec.name}")
+
+    async def stop(self) -> None:
+        for task in (self._mirror_task, self._watch_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._session is not None:
+            await self._session.close()
+
+    def note(self) -> str | None:
+        """Why the role differs from the topology's, if it does (for the status endpoint)."""
+        spec = self.spec
+        if self.role == "primary" and spec.is_mirror:
+            return (
+                f"promoted (epoch {self.epoch}): primary although the topology says mirror_of "
+                f"{spec.mirror_of}; the stored role wins"
+            )
+        following = self.mirror.name if self.mirror else None
+        if self.role == "mirror" and following != spec.mirror_of:
+            said = f"mirror_of {spec.mirror_of}" if spec.is_mirror else "it is a primary"
+            return f"demoted: follows {following}, which was promoted, although the topology says {said}"
+        return None
+
+    # -- following --------------------------------------------------------------------------------
+
+    def _refusal(self, upstream: NodeSpec) -> str:
+        spec = self.spec
+        if upstream.name == spec.mirror_of:
+            return f"{spec.name} is a mirror of {upstream.name} and refuses writes; send them to {upstream.url}"
+        return (
+            f"{spec.name} is no longer the primary: {upstream.name} ({upstream.url}) was promoted and takes the "
+            f"writes; send them there"
+        )
+
+    async def _follow(self, upstream: NodeSpec) -> None:
+        await self.authority.set_read_only(self._refusal(upstream))
+        self.mirror = state = MirrorState(upstream.url, upstream.name)
+        assert self._session is not None
+        puller = Mirror(
+            self.authority, state, self._session, self._auth, check_epoch=self._check_epoch, epoch=lambda: self.epoch
+        )
+        self._mirror_task = asyncio.create_task(puller.run(), name=f"replicate-{upstream.name}")
+
+    async def _check_epoch(self, upstream: int) -> None:
+        if upstream < self.epoch:
+            source = self.mirror.name if self.mirror else "the upstream"
+            raise ReplicationError(
+                f"{source} is at epoch {upstream}, below this node's {self.epoch}: a promotion superseded it, "
+                f"so nothing it sends is applied"
+            )
+        if upstream > self.epoch:
+            await self.authority.store.set_meta(EPOCH, str(upstream))
+            self.epoch = upstream
+
+    # -- checking the peers (a primary) -----------------------------------------------------------
+
+    def _settled(self) -> None:
+        self.checked = True
+        self._checked_event.set()
+
+    async def before_write(self) -> None:
+        """WriteObserver: a write to a primary still checking its peers waits for the answer."""
+        if self.role == "primary" and not self.checked:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._checked_event.wait(), CHECK_WAIT)
+
+    async def _peer_status(self, peer: NodeSpec) -> tuple[NodeSpec, str, int] | None:
+        assert self._session is not None
+        try:
+            reply = await HandleClient(self._session, timeout=PEER_TIMEOUT).request(
+                "GET", peer.url, "/api/replication/status", params={"digest": "false"}
+            )
+        except UpstreamError:
+            return None
+        role, epoch = reply.body.get("role"), reply.body.get("epoch")
+        if reply.status != 200 or role not in ("primary", "mirror") or not isinstance(epoch, int):
+            return None
+        self._seen_epoch = max(self._seen_epoch, epoch)
+        return peer, role, epoch
+
+    async def _watch_peers(self) -> None:
+        while True:
+            await asyncio.sleep(PEER_CHECK_SECONDS if self.checked else RECHECK_SECONDS)
+            if self.role != "primary":
+                continue  # a mirror follows; it starts checking again if it is promoted
+            try:
+                await self._check_peers()
+            except Exception:  # keep checking whatever went wrong
+                log.exception("checking the peers of %s", self.spec.name)
+
+    async def _check_peers(self) -> None:
+        epoch = self.epoch
+        answers = [a for a in await asyncio.gather(*(self._peer_status(p) for p in self.peers)) if a is not None]
+        async with self._lock:
+            if self.role != "primary" or self.epoch != epoch:
+                return  # promoted or demoted meanwhile: this round's answers are stale
+            higher = [(e, p) for p, role, e in answers if role == "primary" and e > self.epoch]
+            if higher:
+                new_epoch, peer = max(higher, key=lambda item: item[0])
+                await self._demote(peer, new_epoch)
+                return
+            rivals = [p.name for p, role, e in answers if role == "primary" and e == self.epoch]
+            ahead = [f"{p.name} (epoch {e})" for p, role, e in answers if e > self.epoch]
+            if rivals or ahead:
+                self.conflict = (
+                    f"{self.spec.name} and {', '.join(rivals)} all claim to be the primary at epoch {self.epoch}"
+                    if rivals
+                    else f"{', '.join(ahead)} followed a primary promoted after epoch {self.epoch}, which "
+                    f"{self.spec.name} missed"
+                ) + ": no writes until an operator promotes a node (POST /api/replication/promote)"
+                self._checked_event.set()  # decided: waiting writes get the refusal now
+                await self.authority.set_read_only(self.conflict)
+                return
+            if self.checked or len(answers) == len(self.peers):
+                if not self.checked or self.conflict:
+                    log.info("%s: no peer was promoted; taking writes at epoch %d", self.spec.name, self.epoch)
+                self.conflict = None
+                self._settled()
+                if self.authority.read_only:
+                    await self.authority.set_read_only(None)
+
+    async def _demote(self, peer: NodeSpec, epoch: int) -> None:
+        """A peer was promoted past this node's epoch: stop writes, store role mirror, resync from it."""
+        log.warning("%s: %s was promoted (epoch %d); demoting to a mirror of it", self.spec.name, peer.name, epoch)
+        await self.authority.set_read_only(self._refusal(peer))
+        store = self.authority.store
+        for name, value in ((ROLE, "mirror"), (FOLLOWING, peer.name), (RESYNC, "1")):
+            await store.set_meta(name, value)
+        for name in (APPLIED_SEQ, SNAPSHOT_SEQ):
+            await store.set_meta(name, "")  # "": unset, so the puller copies a fresh snapshot
+        self.role, self.role_source, self.conflict = "mirror", "demoted", None
+        self._checked_event.set()
+        await self._follow(peer)
+
+    # -- promotion --------------------------------------------------------------------------------
+
+    async def promote(self) -> int:
+        """Make this node the writable primary at a new epoch (unless it already is); its epoch."""
+        async with self._lock:
+            authority = self.authority
+            if self.role == "primary" and not authority.read_only:
+                return self.epoch
+            answers = await asyncio.gather(*(self._peer_status(p) for p in self.peers))
+            seen = [self.epoch, self._seen_epoch, *(a[2] for a in answers if a is not None)]
+            if self.mirror is not None and self.mirror.primary_epoch is not None:
+                seen.append(self.mirror.primary_epoch)
+            if self._mirror_task is not None:
+                self._mirror_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._mirror_task
+                self._mirror_task = None
+            epoch = max(seen) + 1
+            store = authority.store
+            # Stored before the first write is accepted: a crash now restarts as a primary at this epoch.
+            for name, value in ((EPOCH, str(epoch)), (ROLE, "primary"), (FOLLOWING, "")):
+                await store.set_meta(name, value)
+            self.epoch, self.role, self.role_source = epoch, "primary", "promoted"
+            self.mirror, self.conflict = None, None
+            self._settled()
+            await authority.set_read_only(None)
+            if self.peers and (self._watch_task is None or self._watch_task.done()):
+                self._watch_task = asyncio.create_task(self._watch_peers(), name=f"peers-of-{self.spec.name}")
+            log.warning("%s promoted to primary at epoch %d", self.spec.name, epoch)
+            return epoch
+
+    # -- synchronous acknowledgement ---------------------------------------------------------------
+
+    def committed(self) -> None:
+        """WriteObserver: a write committed (or may have): wake the long-polls."""
+        self.feed.notify()
+
+    async def before_ack(self, seq: int) -> None:
+        """WriteObserver: with sync_mirrors, return once a mirror has applied ``seq``."""
+        if not self.sync or self.role != "primary":
+            return
+        timeout = SYNC_ACK_TIMEOUT
+        if await self.acks.wait(seq, timeout):
+            return
+        raise NotReplicated(
+            f"the write was committed on {self.spec.name} (seq {seq}) but no mirror confirmed it within "
+            f"{timeout:g} s (sync_mirrors): it may be applied, and reaches the mirrors when they reconnect, "
+            f"unless this node is superseded first; read it back before retrying"
+        )
+
+
+REPLICATION: web.AppKey[Replication] = web.AppKey("replication")

@@ -1,0 +1,1 @@
+"""What every node's HTTP application shares: request reading, responses and error mapping, metrics."""

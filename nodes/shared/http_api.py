@@ -1,0 +1,183 @@
+"""HTTP plumbing shared by every node: the error middleware, content negotiation, bodies and parameters."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from resolver.codec import JSON, MSGPACK, body_media_type, choose_media_type, decode, encode
+from resolver.errors import BodyTooLarge, HandleError, InvalidHandle, ProtocolError
+
+__all__ = [
+    "HANDLES_PATH",
+    "error_middleware",
+    "error_response",
+    "guarded",
+    "handle_from_path",
+    "method_not_allowed",
+    "query_bool",
+    "query_ints",
+    "read_body",
+    "read_bytes",
+    "respond",
+]
+
+log = logging.getLogger("idres.http")
+
+HANDLES_PATH = "/api/handles/"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def respond(
+    request: web.Request, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> web.Response:
+    """Encode ``body`` as the client asked (msgpack or JSON) with the given HTTP status."""
+    media = choose_media_type(request.headers.get("Accept"))
+    if media == JSON and request.query.get("pretty", "false").lower() in ("", "true", "yes", "1"):
+        import json
+
+        data = json.dumps(body, ensure_ascii=False, indent=2).encode("utf-8")
+    else:
+        data = encode(body, media)
+    content_type = MSGPACK if media == MSGPACK else "application/json; charset=utf-8"
+    return web.Response(status=status, body=data, headers={"Content-Type": content_type, **(headers or {})})
+
+
+def error_response(request: web.Request, exc: Exception) -> web.Response | None:
+    """The Handle response for an error a handler raised: responseCode, HTTP status and a message,
+    never HTML. None for an aiohttp ``HTTPException`` that is not mapped (it is raised as it is)."""
+    if isinstance(exc, HandleError):
+        if exc.handle is None and request.path.startswith(HANDLES_PATH) and len(request.path) > len(HANDLES_PATH):
+            # An error about a value or a body still names the handle the client was writing.
+            with contextlib.suppress(InvalidHandle):
+                exc.handle = handle_from_path(request)
+        headers = {"WWW-Authenticate": 'Basic realm="handle"'} if exc.http_status == 401 else None
+        return respond(request, exc.http_status, exc.to_body(), headers)
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        err = BodyTooLarge(f"request body too large: {exc.text}")
+        return respond(request, err.http_status, err.to_body())
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        return method_not_allowed(request, exc.allowed_methods)
+    if isinstance(exc, web.HTTPNotFound):
+        return respond(request, 405, {"responseCode": 4, "message": f"Unknown HTTP API endpoint {request.path}"})
+    if isinstance(exc, web.HTTPException):
+        return None
+    log.error("internal error on %s %s", request.method, request.path_qs, exc_info=exc)
+    return respond(request, 500, {"responseCode": 2, "message": "internal error (logged on the node)"})
+
+
+def method_not_allowed(request: web.Request, allowed: Iterable[str]) -> web.Response:
+    return respond(
+        request,
+        405,
+        {
+            "responseCode": 4,
+            "message": f"method {request.method} is not allowed on {request.path} "
+            f"(allowed: {', '.join(sorted(allowed))})",
+        },
+    )
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error becomes a Handle response: responseCode, HTTP status and a message, never HTML."""
+    try:
+        return await handler(request)
+    except Exception as exc:
+        response = error_response(request, exc)
+        if response is None:
+            raise
+        return response
+
+
+def guarded(handler: Handler, count: Callable[[str, int], None]) -> Handler:
+    """``handler`` with what ``error_middleware`` and ``count_requests`` do, for an application that
+    runs no middleware (the recursive node: each aiohttp middleware layer costs its hot path about
+    3 us of 60). ``count(method, status)`` is called for every response, errors included."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except Exception as exc:
+            mapped = error_response(request, exc)
+            if mapped is None:
+                if isinstance(exc, web.HTTPException):
+                    count(request.method, exc.status)
+                raise
+            response = mapped
+        count(request.method, response.status)
+        return response
+
+    return run
+
+
+async def read_body(request: web.Request, limit: int) -> Any:
+    """Decode the request body, refusing one over ``limit`` bytes before reading it whole."""
+    media = body_media_type(request.headers.get("Content-Type"))
+    return decode(await read_bytes(request, limit), media)
+
+
+async def read_bytes(request: web.Request, limit: int) -> bytes:
+    """The raw request body, refused (413) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65_536):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    if not size:
+        raise ProtocolError("the request has no body")
+    return b"".join(chunks)
+
+
+def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
+    """HANDLE.NET booleans: a bare ``?name``, ``true`` and ``yes`` are true."""
+    if name not in request.query:
+        return default
+    value = request.query[name].strip().lower()
+    if value in ("", "true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise ProtocolError(f"parameter {name}={request.query[name]!r} is not a boolean (true or false)")
+
+
+def query_ints(request: web.Request, name: str) -> list[int]:
+    out = []
+    for raw in request.query.getall(name, []):
+        for part in raw.split(","):
+            if not (part.strip().isascii() and part.strip().isdigit()):
+                raise ProtocolError(f"parameter {name}={raw!r} is not a non-negative integer")
+            out.append(int(part))
+    return out
+
+
+def query_int(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ProtocolError(f"parameter {name}={raw!r} is not an integer") from None
+
+
+def handle_from_path(request: web.Request, base: str = HANDLES_PATH) -> str:
+    """The handle in the path after ``base``, percent-decoded with ``+`` kept literal (HANDLE.NET
+    decodes with ``decodeURLIgnorePlus``). Taken from the raw path so ``%2F`` and ``%3F`` survive.
+    InvalidHandle (102) when the bytes are not UTF-8."""
+    raw = request.raw_path.split("?", 1)[0]
+    try:
+        return unquote(raw[len(base) :], errors="strict")
+    except UnicodeDecodeError as exc:
+        raise InvalidHandle("the handle in the path is not valid percent-encoded UTF-8") from exc
