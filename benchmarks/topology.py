@@ -31,7 +31,7 @@ import aiohttp
 import msgpack
 from rich.console import Console
 
-from nodes.running.launcher import NodeProcess, seed, start_nodes, stop_nodes, wait_healthy
+from nodes.running.launcher import NodeProcess, seed_running_nodes, start_nodes, stop_nodes, wait_healthy
 from nodes.running.operator_secrets import ENV_SECRET
 from nodes.running.topology_file import DEFAULT_TOPOLOGY, load_topology
 from resolver.client import basic_auth
@@ -165,7 +165,7 @@ def cluster(
             bench = Cluster(spec, path, data, secret, nodes)
             try:
                 asyncio.run(_wait_healthy(nodes, 60.0))
-                if not running and seed(spec, data, Console(quiet=True), demo=True, timeout=30) != 0:
+                if not running and seed_running_nodes(spec, data, Console(quiet=True), demo=True, timeout=30) != 0:
                     raise RuntimeError(f"seeding the benchmark topology failed (logs in {data / 'logs'})")
                 yield bench
             finally:

@@ -1,28 +1,28 @@
-"""An async HANDLE.NET REST client over aiohttp that can follow referrals down the node tree."""
+"""The HANDLE.NET REST client over aiohttp, and the resolver's HTTP transport built on it.
+
+This is where aiohttp, socket and timeout errors of an exchange with another node enter the service:
+they are translated here, once, into an ``UpstreamError`` whose one ``Attempt`` carries the
+``FailureKind`` (cannot connect, timed out, connection lost, bad answer) and a short reason.
+"""
 
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
 from resolver.codec import MSGPACK, decode, encode
-from resolver.errors import HandleError, UpstreamError
-from resolver.sites import site_servers
-from resolver.values import value_from_wire
+from resolver.errors import FailureKind, HandleError, UpstreamError
 
-__all__ = ["HandleClient", "Hop", "Reply", "Resolution", "basic_auth", "error_reason"]
+__all__ = ["DEFAULT_TIMEOUT", "HandleClient", "HttpTransport", "Reply", "basic_auth", "describe_failure"]
 
 # Handle suffixes may hold any printable character; keep "/" readable, encode the rest that URLs need.
 _SAFE = "/:@!$&'()*+,;=-._~"
-# Each referral is one level of the tree; HANDLE.NET's own resolver gives up after 40 steps.
-MAX_REFERRALS = 16
-DEFAULT_TIMEOUT = 5.0
+DEFAULT_TIMEOUT = 5.0  # seconds for one exchange; callers with a budget (the resolver) pass their own
 
 
 def basic_auth(identity: str, secret: str) -> str:
@@ -42,32 +42,26 @@ class Reply:
         return code if isinstance(code, int) else 2
 
 
-@dataclass(frozen=True, slots=True)
-class Hop:
-    url: str
-    status: int
-    response_code: int
-    ms: float
-    description: str = ""
-
-
-@dataclass(slots=True)
-class Resolution:
-    reply: Reply
-    hops: list[Hop] = field(default_factory=list)
-
-
 # Response headers a forwarded answer keeps: its encoding, and the challenge a 401 must carry.
 _PASSED_BACK = ("Content-Type", "WWW-Authenticate", "Location")
 
 
-def error_reason(exc: BaseException) -> str:
-    """A short reason for a failed HTTP exchange, for messages that list what each server said."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
+def describe_failure(exc: BaseException) -> tuple[FailureKind, str]:
+    """The kind and a short reason of a failed HTTP exchange, for errors that list what each server said."""
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return FailureKind.TIMEOUT, "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    return str(exc) or type(exc).__name__
+        return FailureKind.CANNOT_CONNECT, f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return FailureKind.CANNOT_CONNECT, f"cannot connect (invalid URL {exc.url})"
+    if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError):
+        return FailureKind.BAD_ANSWER, str(exc) or type(exc).__name__
+    return FailureKind.CONNECTION_LOST, str(exc) or type(exc).__name__
+
+
+def _upstream_error(method: str, url: str, server: str, exc: BaseException) -> UpstreamError:
+    kind, reason = describe_failure(exc)
+    return UpstreamError.one(server, kind, reason, what=f"{method} {url}")
 
 
 class HandleClient:
@@ -113,7 +107,7 @@ class HandleClient:
                     parsed = {"responseCode": 2, "message": raw[:200].decode("utf-8", "replace")}
                 return Reply(resp.status, parsed if isinstance(parsed, dict) else {"responseCode": 2})
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, error_reason(exc))]) from exc
+            raise _upstream_error(method, url, base_url, exc) from exc
 
     async def forward(
         self, method: str, base_url: str, path_qs: str, headers: Mapping[str, str], body: bytes | None
@@ -128,7 +122,7 @@ class HandleClient:
                 passed.setdefault("Content-Type", "application/json")
                 return resp.status, passed, await resp.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise UpstreamError(f"{method} {url} failed", attempts=[(base_url, error_reason(exc))]) from exc
+            raise _upstream_error(method, url, base_url, exc) from exc
 
     async def get(self, base_url: str, handle: str, **kw: Any) -> Reply:
         return await self.request("GET", base_url, "/api/handles/" + quote(handle, safe=_SAFE), **kw)
@@ -158,51 +152,22 @@ class HandleClient:
             "DELETE", base_url, "/api/handles/" + quote(handle, safe=_SAFE), params=params, authorization=authorization
         )
 
-    async def resolve(
-        self,
-        handle: str,
-        start_urls: Sequence[str],
-        *,
-        params: Sequence[tuple[str, str]] = (),
-        authorization: str | None = None,
-    ) -> Resolution:
-        """Ask ``start_urls`` (in order, the next one if a node cannot be reached) and follow referrals
-        (HTTP 300, responseCode 303) down to the node that answers; every hop is recorded."""
-        hops: list[Hop] = []
-        candidates: list[tuple[str, str]] = [(url, "") for url in start_urls]
-        seen: set[str] = set()
-        for _ in range(MAX_REFERRALS):
-            attempts: list[tuple[str, str]] = []
-            reply: Reply | None = None
-            for url, description in candidates:
-                started = time.perf_counter()
-                try:
-                    reply = await self.get(url, handle, params=params, authorization=authorization)
-                except UpstreamError as exc:
-                    attempts.extend(exc.attempts)
-                    hops.append(Hop(url, 0, 2, (time.perf_counter() - started) * 1000, description))
-                    continue
-                hops.append(
-                    Hop(url, reply.status, reply.response_code, (time.perf_counter() - started) * 1000, description)
-                )
-                if reply.status >= 500:
-                    attempts.append((url, f"HTTP {reply.status}: {reply.body.get('message', '')}"))
-                    reply = None
-                    continue
-                break
-            if reply is None:
-                raise UpstreamError(f"no node could be reached for {handle}", handle=handle, attempts=attempts)
-            if reply.status != 300 or reply.response_code != 303:
-                return Resolution(reply, hops)
-            now = int(time.time())
-            sites = [value_from_wire(v, position=i + 1, now=now) for i, v in enumerate(reply.body.get("values", []))]
-            servers = [s for s in site_servers(sites) if s.url not in seen]
-            if not servers:
-                raise UpstreamError(
-                    f"the referral for {handle} names no server that was not tried already",
-                    handle=handle,
-                    attempts=[(hops[-1].url, "referral loop or empty referral")],
-                )
-            seen.update(s.url for s in servers)
-            candidates = [(s.url, s.description) for s in servers]
-        raise UpstreamError(f"more than {MAX_REFERRALS} referrals for {handle}", handle=handle)
+
+class HttpTransport:
+    """The resolver's transport (``resolver.walk.Transport``): the REST API over a ``HandleClient``,
+    msgpack between nodes. ``params`` are added to every query (``idres resolve`` asks ``trace=true``)."""
+
+    def __init__(self, client: HandleClient, *, params: Sequence[tuple[str, str]] = ()) -> None:
+        self._client = client
+        self._params = tuple(params)
+
+    async def query(self, url: str, handle: str, timeout: float) -> tuple[int, Mapping[str, Any]]:
+        reply = await self._client.get(url, handle, params=self._params, timeout=timeout)
+        return reply.status, reply.body
+
+    async def probe(self, url: str, timeout: float) -> bool:
+        try:
+            reply = await self._client.request("GET", url, "/healthz", timeout=timeout)
+        except UpstreamError:
+            return False
+        return reply.status == 200

@@ -11,59 +11,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
-from urllib.parse import quote
+from typing import Any, Literal, assert_never
 
-from resolver.cache import Cache, Entry, Freshness
-from resolver.client import HandleClient
+from resolver.cache import Cache, Entry, Found, Refresh, Stale
 from resolver.errors import UpstreamError
 from resolver.names import Handle, parent_prefix
-from resolver.resolution import Answer, Failure, Hop, Resolution, classify
+from resolver.resolution import Answer, Hop, Resolution, prefix_unregistered
 from resolver.sites import SiteServer, site_servers
 from resolver.upstream import Upstreams
+from resolver.walk import QueryHook, Transport, drive
 
-__all__ = ["HttpTransport", "RecursiveResolver", "Resolved", "Transport", "TransportError"]
-
-# Module-level aliases: an enum member read through its class costs about 100 ns (see resolver.cache).
-_FRESH, _PREFETCH = Freshness.FRESH, Freshness.PREFETCH
-
-_SAFE = "/:@!$&'()*+,;=-._~"
-
-
-class TransportError(Exception):
-    """The server could not be asked: connection refused, reset, timed out."""
-
-
-class Transport(Protocol):
-    """One query to one server; the only I/O the resolver does."""
-
-    async def query(self, url: str, handle: str, timeout: float) -> tuple[int, Mapping[str, Any]]: ...
-
-    async def probe(self, url: str, timeout: float) -> bool: ...
-
-
-class HttpTransport:
-    """The HANDLE.NET REST API over aiohttp, msgpack between nodes."""
-
-    def __init__(self, client: HandleClient) -> None:
-        self._client = client
-
-    async def query(self, url: str, handle: str, timeout: float) -> tuple[int, Mapping[str, Any]]:
-        try:
-            reply = await self._client.request("GET", url, "/api/handles/" + quote(handle, safe=_SAFE), timeout=timeout)
-        except UpstreamError as exc:
-            raise TransportError(exc.attempts[0][1] if exc.attempts else exc.message) from exc
-        return reply.status, reply.body
-
-    async def probe(self, url: str, timeout: float) -> bool:
-        try:
-            reply = await self._client.request("GET", url, "/healthz", timeout=timeout)
-        except UpstreamError:
-            return False
-        return reply.status == 200
-
+__all__ = ["RecursiveResolver", "Resolved"]
 
 CacheUse = Literal["hit", "miss", "stale"]
 
@@ -75,10 +35,11 @@ class Resolved:
     hops: tuple[Hop, ...] = ()
 
 
-QueryHook = Callable[[str, float, bool], None]  # (server url, seconds, succeeded) for metrics
-
-
 class RecursiveResolver:
+    """Resolves identifiers through the tree behind a cache. The recursive node enters through
+    ``resolve_after_lookup`` (its GET handler, after its own cache lookup), ``locate`` and
+    ``invalidate`` (forwarded writes); other callers use ``resolve``."""
+
     def __init__(
         self,
         roots: Sequence[SiteServer],
@@ -104,45 +65,27 @@ class RecursiveResolver:
 
     async def resolve(self, handle: Handle) -> Resolved:
         """The record for ``handle`` from the cache when fresh, else from upstream (stale if all fail)."""
-        entry, usable = self.lookup(handle)
-        if usable:
-            assert entry is not None
-            return Resolved(entry, "hit")
-        return await self.fetch(handle, entry)
+        return await self.resolve_after_lookup(handle, self.cache.lookup(handle.key))
 
-    def lookup(self, handle: Handle, key: str | None = None) -> tuple[Entry | None, bool]:
-        """The cache's half of :meth:`resolve`, without awaiting: ``(entry, True)`` when ``entry`` can be
-        served now (a hot entry near expiry also starts its background refresh), else
-        ``(stale entry or None, False)``, and the caller awaits :meth:`fetch` with that entry.
-
-        The node's hot path calls this directly: a hit costs no coroutine and no ``Resolved``, and it
-        passes ``key`` (``handle.key``, which builds a new string on every call) kept from before.
-        """
-        hit = self.cache.lookup(handle.key if key is None else key)
-        if hit is None:
-            return None, False
-        entry, freshness = hit
-        if freshness is _FRESH:
-            return entry, True
-        if freshness is _PREFETCH:
-            self.prefetch(handle)
-            return entry, True
-        return entry, False
-
-    def prefetch(self, handle: Handle) -> None:
-        """Refresh ``handle`` in the background (its cached entry is near expiry and hot); answer now."""
-        self._spawn(self._shared_walk(handle))
-
-    async def fetch(self, handle: Handle, stale: Entry | None) -> Resolved:
-        """Resolve upstream after :meth:`lookup` found nothing servable; ``stale`` (an expired entry
-        within the stale window) is served if every upstream fails (RFC 8767)."""
-        if stale is None:
-            return await self._shared_walk(handle)
-        try:
-            return await self._shared_walk(handle)
-        except UpstreamError:
-            self.cache.served_stale()  # RFC 8767: an expired answer beats no answer
-            return Resolved(stale, "stale")
+    async def resolve_after_lookup(self, handle: Handle, found: Found | None) -> Resolved:
+        """:meth:`resolve`, given what ``cache.lookup(handle.key)`` just found: the recursive node's
+        hot path looks in the cache itself and comes here only when it cannot answer from there."""
+        match found:
+            case Entry():
+                return Resolved(found, "hit")
+            case Refresh(entry):
+                self._spawn(self._shared_walk(handle))  # answer now, refresh in the background
+                return Resolved(entry, "hit")
+            case Stale(entry):
+                try:
+                    return await self._shared_walk(handle)
+                except UpstreamError:
+                    self.cache.served_stale()  # RFC 8767: an expired answer beats no answer
+                    return Resolved(entry, "stale")
+            case None:
+                return await self._shared_walk(handle)
+            case _:
+                assert_never(found)
 
     async def locate(self, handle: Handle) -> Resolution:
         """Walk to the node that answers for ``handle`` (bypassing the answer cache, using cached
@@ -170,13 +113,19 @@ class RecursiveResolver:
 
     def _shared_walk(self, handle: Handle) -> asyncio.Future[Resolved]:
         """Single-flight: one walk per key however many clients miss on it at once."""
-        task = self._inflight.get(handle.key)
+        key = handle.key
+        task = self._inflight.get(key)
         if task is None:
-            task = asyncio.ensure_future(self._walk(handle))
-            self._inflight[handle.key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(handle.key, None))
+            task = self._inflight[key] = asyncio.ensure_future(self._walk(handle))
+            task.add_done_callback(lambda done: self._end_flight(key, done))
         # A client that goes away must not cancel the walk the others are waiting on.
         return asyncio.shield(task)
+
+    def _end_flight(self, key: str, walk: asyncio.Future[Resolved]) -> None:
+        # Only while it is still this walk's: after invalidate() a newer walk may hold the key, and
+        # dropping that one would send the next client upstream again (issue 10).
+        if self._inflight.get(key) is walk:
+            del self._inflight[key]
 
     def _resolution(
         self, handle: Handle, *, allow_stale: bool = False, deadline: float | None = None
@@ -205,7 +154,7 @@ class RecursiveResolver:
         try:
             resolution = await self._run(handle)
         except UpstreamError as exc:
-            if not exc.attempts or not all(reason.startswith("not responsible") for _, reason in exc.attempts):
+            if not prefix_unregistered(exc):
                 raise
             # Every node that could hold it says the prefix is not theirs (an unregistered prefix):
             # for the client that is "no such handle", as the Handle proxy's "Prefix Not Found" 404.
@@ -228,7 +177,11 @@ class RecursiveResolver:
         self._generation[handle.key] = self._generation.get(handle.key, 0) + 1
         if len(self._generation) > 100_000:
             self._generation.clear()  # bounded; a cleared counter only costs a possibly-stale cache fill
-        self._inflight.pop(handle.key, None)
+        obsolete = self._inflight.pop(handle.key, None)
+        if obsolete is not None:
+            # Its clients still get its answer, later ones start a new walk; close() still cancels it.
+            self._background.add(obsolete)
+            obsolete.add_done_callback(self._background.discard)
         if handle.is_prefix_handle:
             self.cache.forget_referral(handle.zone)
 
@@ -237,21 +190,7 @@ class RecursiveResolver:
             self.cache.store_referral(referral.prefix, referral.sites)
 
     async def _drive(self, resolution: Resolution) -> None:
-        while (query := resolution.next_query()) is not None:
-            started = time.perf_counter()
-            try:
-                # The transport should honour the timeout; this makes sure of it.
-                async with asyncio.timeout(query.timeout):
-                    status, body = await self.transport.query(query.server.url, query.handle, query.timeout)
-                outcome = classify(status, body)
-            except TransportError as exc:
-                outcome = Failure(str(exc))
-            except TimeoutError:
-                outcome = Failure("timed out")
-            rtt = time.perf_counter() - started
-            resolution.on_outcome(query, outcome, rtt)
-            if self._on_query is not None:
-                self._on_query(query.server.url, rtt, not isinstance(outcome, Failure))
+        await drive(resolution, self.transport, self._on_query)
 
     # -- background work ---------------------------------------------------------------------------
 

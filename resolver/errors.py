@@ -6,7 +6,8 @@ The codes and statuses follow the HANDLE.NET REST API (Technical Manual §14.4 a
     HandleError (2, 500)                      every error the service raises on purpose
     ├── ProtocolError (4, 400)                a request the API cannot read (bad JSON, bad parameter)
     │   ├── UnsupportedMediaType (4, 415)
-    │   └── BodyTooLarge (4, 413)
+    │   ├── BodyTooLarge (4, 413)
+    │   └── MethodNotAllowed (4, 405)         also an unknown endpoint, as HANDLE.NET answers
     ├── NotSupported (5, 501)
     ├── ServerBusy (3, 503)
     ├── ReadOnly (7, 503)                     a mirror asked to write
@@ -21,28 +22,36 @@ The codes and statuses follow the HANDLE.NET REST API (Technical Manual §14.4 a
     ├── AuthenticationNeeded (402, 401)
     ├── AuthenticationFailed (403, 401)
     ├── PermissionDenied (401, 403)
-    ├── UpstreamError (2, 502)                every upstream failed; ``attempts`` says what each one said
+    ├── UpstreamError (2, 502)                every upstream failed; ``attempts`` says what each one said,
+    │                                         each an ``Attempt`` whose ``FailureKind`` code matches on
     └── ReplicationError (2, 502)             the node a mirror follows sent something it cannot apply
 
 An ``aiohttp`` middleware in ``nodes.shared.http_api`` turns any of these into a response; foreign exceptions are
-translated where they enter (``raise X(...) from exc``).
+translated where they enter (``raise X(...) from exc``): aiohttp, socket and timeout errors of an
+upstream exchange in ``resolver.client``, once, into an ``UpstreamError`` with the kind of failure.
+``ConfigError`` is apart: it stops a node at startup and is never an answer to a request.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = [
+    "Attempt",
     "AuthenticationFailed",
     "AuthenticationNeeded",
     "BodyTooLarge",
     "ConfigError",
+    "FailureKind",
     "HandleAlreadyExists",
     "HandleError",
     "HandleNotFound",
     "InvalidHandle",
     "InvalidValue",
+    "MethodNotAllowed",
     "NotReplicated",
     "NotResponsible",
     "NotSupported",
@@ -89,6 +98,10 @@ class UnsupportedMediaType(ProtocolError):
 
 class BodyTooLarge(ProtocolError):
     http_status = 413
+
+
+class MethodNotAllowed(ProtocolError):
+    http_status = 405
 
 
 class NotSupported(HandleError):
@@ -163,8 +176,42 @@ class PermissionDenied(HandleError):
     http_status = 403
 
 
+class FailureKind(enum.Enum):
+    """Why one try of an upstream server failed: code matches on the kind, people read the reason."""
+
+    CANNOT_CONNECT = "cannot connect"
+    """No connection: refused, unreachable, or the name does not resolve."""
+    CONNECTION_LOST = "connection lost"
+    """Connected, but the exchange broke off (reset, closed before the answer)."""
+    TIMEOUT = "timed out"
+    """No answer within the try's timeout."""
+    SERVER_ERROR = "server error"
+    """An HTTP 5xx answer."""
+    BAD_ANSWER = "bad answer"
+    """An answer that cannot be read or that this request cannot use (malformed, unexpected status)."""
+    NOT_RESPONSIBLE = "not responsible"
+    """400/301: the server does not serve the prefix (a lame delegation, or an unregistered prefix)."""
+    BAD_REFERRAL = "bad referral"
+    """A referral that loops, points elsewhere, or names no HTTP server."""
+    READ_ONLY = "read-only"
+    """A mirror refused a write (503/7)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One failed try: the server asked, the kind of failure, and what it said (for people)."""
+
+    server: str
+    kind: FailureKind
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.server}: {self.reason}"
+
+
 class UpstreamError(HandleError):
-    """Every upstream that was tried failed; ``attempts`` lists (server, what went wrong) per try."""
+    """Every upstream that was tried failed; ``attempts`` lists each try, in order (dnspython's
+    ``NoNameservers``). The message ends with what each server said."""
 
     response_code = 2
     http_status = 502
@@ -174,12 +221,17 @@ class UpstreamError(HandleError):
         message: str,
         *,
         handle: str | None = None,
-        attempts: Sequence[tuple[str, str]] = (),
+        attempts: Sequence[Attempt] = (),
     ) -> None:
         if attempts:
-            message = message + ": " + "; ".join(f"{where}: {what}" for where, what in attempts)
+            message = message + ": " + "; ".join(str(attempt) for attempt in attempts)
         super().__init__(message, handle=handle)
         self.attempts = tuple(attempts)
+
+    @classmethod
+    def one(cls, server: str, kind: FailureKind, reason: str, *, what: str | None = None) -> UpstreamError:
+        """The error of a single failed exchange with ``server`` (``what`` was asked of it)."""
+        return cls(f"{what or server} failed", attempts=[Attempt(server, kind, reason)])
 
 
 class ReplicationError(HandleError):

@@ -3,9 +3,9 @@
 A :class:`Resolution` walks the node tree for one identifier, one *step* per delegation level: the
 root step asks the top-level node's servers (the root hints), and each accepted referral starts a
 step with the servers it names. The driver loops ``q = r.next_query()`` → does the HTTP GET within
-``q.timeout`` → ``r.on_outcome(q, classify(status, body), rtt)`` (or ``Failure("...")`` for a
-transport error), until ``next_query()`` returns None; then ``result`` or ``failed`` is set. One
-query is outstanding at a time.
+``q.timeout`` → ``r.on_outcome(q, classify(status, body), rtt)`` (or a ``Failure`` of the kind the
+transport's ``UpstreamError`` names), until ``next_query()`` returns None; then ``result`` or
+``failed`` is set. One query is outstanding at a time (``resolver.walk.drive`` is that loop).
 
 States and rules (like h11's state table; anything not listed raises RuntimeError)::
 
@@ -18,8 +18,9 @@ States and rules (like h11's state table; anything not listed raises RuntimeErro
     WAITING    on_outcome(Answer | NotFound)          DONE         result, answered_by; health success
     WAITING    on_outcome(Referral), accepted         ASKING       new step; referrals += it; success
     WAITING    on_outcome(Referral), too deep         FAILED       more than max_referrals levels
-    WAITING    on_outcome(Referral), rejected         ASKING       counted as a Failure ("bad referral")
-    WAITING    on_outcome(Failure)                    ASKING       attempts += (url, reason); failure
+    WAITING    on_outcome(Referral), rejected         ASKING       counted as a Failure (BAD_REFERRAL)
+    WAITING    on_outcome(Failure)                    ASKING       attempts += Attempt(url, kind,
+                                                                   reason); health failure
     DONE       next_query()                           DONE         returns None
     FAILED     next_query()                           FAILED       returns None
 
@@ -45,9 +46,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias, assert_never
 
-from resolver.errors import HandleError, UpstreamError
+from resolver.errors import Attempt, FailureKind, HandleError, UpstreamError
 from resolver.names import Handle, is_under, parse_prefix
-from resolver.sites import SiteServer, site_servers
+from resolver.sites import SiteServer, is_site_value, site_servers
 from resolver.upstream import Upstreams
 from resolver.values import HandleValue, value_from_wire
 
@@ -62,12 +63,14 @@ __all__ = [
     "Referral",
     "Resolution",
     "classify",
+    "prefix_unregistered",
 ]
 
 # Each referral is one level of the tree, and prefixes have at most 8 segments, so a correct tree
 # never needs more than 8; HANDLE.NET's own resolver gives up after 40 steps.
 MAX_REFERRALS = 16
 _MESSAGE_CHARS = 200  # of an upstream's message quoted in a failure reason
+_BAD_ANSWER = FailureKind.BAD_ANSWER
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +109,21 @@ class Referral:
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """This server could not help: no connection, timeout, 5xx, not responsible, or an unusable reply."""
+    """This server could not help: no connection, timeout, 5xx, not responsible, or an unusable reply.
 
+    ``kind`` is what code decides on; ``reason`` is what people read (it starts with the kind's words
+    where those say it best: "timed out", "not responsible: ...", "bad referral: ...")."""
+
+    kind: FailureKind
     reason: str
+
+    @classmethod
+    def of(cls, error: UpstreamError) -> Failure:
+        """What a transport's ``UpstreamError`` for one exchange says (its last try)."""
+        if not error.attempts:
+            return cls(_BAD_ANSWER, error.message)
+        last = error.attempts[-1]
+        return cls(last.kind, last.reason)
 
 
 Outcome: TypeAlias = Answer | NotFound | Referral | Failure
@@ -141,7 +156,7 @@ def classify(status: int, body: Mapping[str, Any]) -> Outcome:
     responsible: a lame delegation) and everything else is a failure of that server.
     """
     if not isinstance(body, Mapping):
-        return Failure(f"HTTP {status}: malformed reply (the body is not an object)")
+        return Failure(_BAD_ANSWER, f"HTTP {status}: malformed reply (the body is not an object)")
     code = body.get("responseCode")
     code = code if type(code) is int else None
     try:
@@ -152,11 +167,12 @@ def classify(status: int, body: Mapping[str, Any]) -> Outcome:
         if status == 300 and code == 303:
             return _referral(body)
     except _Malformed as exc:
-        return Failure(f"HTTP {status}: malformed {exc}")
+        return Failure(_BAD_ANSWER, f"HTTP {status}: malformed {exc}")
     message = _message(body)
     if status == 400 and code == 301:
-        return Failure(f"not responsible: {message}")
-    return Failure(f"HTTP {status}, responseCode {code}: {message}")
+        return Failure(FailureKind.NOT_RESPONSIBLE, f"not responsible: {message}")
+    kind = FailureKind.SERVER_ERROR if status >= 500 else _BAD_ANSWER
+    return Failure(kind, f"HTTP {status}, responseCode {code}: {message}")
 
 
 def _referral(body: Mapping[str, Any]) -> Outcome:
@@ -167,9 +183,9 @@ def _referral(body: Mapping[str, Any]) -> Outcome:
         prefix = parse_prefix(raw_prefix)
     except HandleError as exc:
         raise _Malformed(f"referral: {exc.message}") from exc
-    sites = tuple(v for v in _values(body.get("values"), "referral") if _is_site(v))
+    sites = tuple(v for v in _values(body.get("values"), "referral") if is_site_value(v))
     if not site_servers(sites):
-        return Failure(f"the referral to prefix {prefix} names no HTTP server")
+        return Failure(FailureKind.BAD_REFERRAL, f"the referral to prefix {prefix} names no HTTP server")
     return Referral(prefix, sites)
 
 
@@ -203,16 +219,18 @@ def _parse_timestamp(raw: str) -> int:
         return 0
 
 
-def _is_site(v: HandleValue) -> bool:
-    return v.format == "site" and v.type.upper().startswith("HS_SITE")
-
-
 def _message(body: Mapping[str, Any]) -> str:
     message = body.get("message")
     if message is None:
         return "(no message)"
     text = str(message)
     return text if len(text) <= _MESSAGE_CHARS else text[:_MESSAGE_CHARS] + "…"
+
+
+def prefix_unregistered(error: UpstreamError) -> bool:
+    """Whether every server asked said the prefix is not theirs (400/301): no node the tree leads to
+    serves it. For a client that is "no such handle", as the Handle proxy's "Prefix Not Found" 404."""
+    return bool(error.attempts) and all(a.kind is FailureKind.NOT_RESPONSIBLE for a in error.attempts)
 
 
 # -- the state machine ---------------------------------------------------------------------------
@@ -270,8 +288,8 @@ class Resolution:
         self.referrals: list[Referral] = []
         """Referrals accepted on the way, top first, for the driver to cache per prefix."""
         self.hops: list[Hop] = []
-        self.attempts: list[tuple[str, str]] = []
-        """Every failed try as (server url, reason), as the final UpstreamError lists them."""
+        self.attempts: list[Attempt] = []
+        """Every failed try, as the final UpstreamError lists them."""
 
     @property
     def finished(self) -> bool:
@@ -338,7 +356,7 @@ class Resolution:
             case Referral():
                 problem = self._check_referral(outcome)
                 if problem is not None:
-                    self._failed_try(server, problem, ms)
+                    self._failed_try(server, Failure(FailureKind.BAD_REFERRAL, problem), ms)
                     return
                 self.upstreams.success(server.url, rtt)
                 self.hops.append(Hop(server.url, server.description, "referral", ms, outcome.prefix))
@@ -348,7 +366,7 @@ class Resolution:
                 self.referrals.append(outcome)
                 self._step = _Step(outcome.prefix, _http_only(outcome.servers))
             case Failure():
-                self._failed_try(server, outcome.reason, ms)
+                self._failed_try(server, outcome, ms)
             case _:
                 assert_never(outcome)
 
@@ -362,10 +380,10 @@ class Resolution:
             return f"bad referral: prefix {prefix} does not cover {self.handle.zone}"
         return None
 
-    def _failed_try(self, server: SiteServer, reason: str, ms: float) -> None:
-        self.upstreams.failure(server.url, reason)
-        self.attempts.append((server.url, reason))
-        self.hops.append(Hop(server.url, server.description, "failure", ms, reason))
+    def _failed_try(self, server: SiteServer, failure: Failure, ms: float) -> None:
+        self.upstreams.failure(server.url, failure.reason)
+        self.attempts.append(Attempt(server.url, failure.kind, failure.reason))
+        self.hops.append(Hop(server.url, server.description, "failure", ms, failure.reason))
 
     def _fail(self, why: str) -> None:
         self.failed = UpstreamError(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from resolver.values import DEFAULT_TTL, HandleValue
 
-__all__ = ["SiteServer", "site_data", "site_servers", "site_value"]
+__all__ = ["SiteServer", "is_site_type", "is_site_value", "site_data", "site_servers", "site_value"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +17,16 @@ class SiteServer:
     url: str  # e.g. http://127.0.0.1:8200
     primary: bool  # whether its site is a primary site (writes and auth=true go there)
     description: str = ""
+
+
+def is_site_type(value_type: str) -> bool:
+    """Whether a value type names a site: HS_SITE, HS_SITE.6 (IPv6) or HS_SITE.PREFIX, in any case."""
+    return value_type.upper().startswith("HS_SITE")
+
+
+def is_site_value(v: HandleValue) -> bool:
+    """Whether ``v`` is a site a referral can follow: a site type holding site data."""
+    return v.format == "site" and is_site_type(v.type)
 
 
 def site_data(host: str, port: int, *, primary: bool, description: str, serial: int = 1) -> dict[str, object]:
@@ -48,7 +58,7 @@ def site_servers(values: Sequence[HandleValue]) -> list[SiteServer]:
     """The HTTP servers named by HS_SITE values, primary sites first (their order kept otherwise)."""
     found: list[SiteServer] = []
     for v in values:
-        if v.format != "site" or not v.type.upper().startswith("HS_SITE"):
+        if not is_site_value(v):
             continue
         primary = bool(v.value.get("primarySite", True))
         desc = next((a["value"] for a in v.value.get("attributes", []) if a.get("name") == "desc"), "")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from resolver.errors import ConfigError
 from resolver.sites import SiteServer
 
 __all__ = ["DEFAULT_UPSTREAM_CONFIG", "ServerHealth", "UpstreamConfig", "Upstreams"]
@@ -40,15 +41,15 @@ class UpstreamConfig:
 
     def __post_init__(self) -> None:
         if self.max_fails < 0:
-            raise ValueError("max_fails must be 0 (never mark down) or more")
+            raise ConfigError("max_fails must be 0 (never mark down) or more")
         if not 0 < self.srtt_alpha <= 1:
-            raise ValueError("srtt_alpha must be in (0, 1]")
+            raise ConfigError("srtt_alpha must be in (0, 1]")
         if not 0 <= self.srtt_decay < 1:
-            raise ValueError("srtt_decay must be in [0, 1)")
+            raise ConfigError("srtt_decay must be in [0, 1)")
         if not 0 < self.min_try_timeout <= self.try_timeout <= self.deadline:
-            raise ValueError("need 0 < min_try_timeout <= try_timeout <= deadline")
+            raise ConfigError("need 0 < min_try_timeout <= try_timeout <= deadline")
         if self.initial_srtt <= 0 or self.mirror_penalty <= 0 or self.probe_interval <= 0:
-            raise ValueError("initial_srtt, mirror_penalty and probe_interval must be positive")
+            raise ConfigError("initial_srtt, mirror_penalty and probe_interval must be positive")
 
 
 DEFAULT_UPSTREAM_CONFIG = UpstreamConfig()

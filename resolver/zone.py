@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from resolver.names import Handle, ancestors, is_under
+from resolver.sites import is_site_value
 from resolver.values import HandleValue
 
 __all__ = ["NotHere", "Refer", "Serve", "Zone"]
@@ -40,10 +41,6 @@ class NotHere:
 
 
 SERVE = Serve()
-
-
-def is_site_value(v: HandleValue) -> bool:
-    return v.format == "site" and v.type.upper().startswith("HS_SITE")
 
 
 @dataclass(slots=True)

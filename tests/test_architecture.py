@@ -15,6 +15,8 @@ MAX_LINES = 500
 # The sans-IO core decides; it never touches a socket, a file or a loop (STYLE.md §1).
 SANS_IO = (
     "resolver.auth",
+    "resolver.backoff",
+    "resolver.bodies",
     "resolver.cache",
     "resolver.codec",
     "resolver.config",

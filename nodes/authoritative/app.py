@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -15,8 +16,9 @@ from nodes.authoritative.batch.endpoint import setup_batch
 from nodes.authoritative.batch.workers import DEFAULT_WORKERS
 from nodes.authoritative.config import CONFIG, AuthoritativeConfig
 from nodes.authoritative.identity import remote_verifier
+from nodes.authoritative.own_prefix import ensure_own_prefix_handle
 from nodes.replication.endpoints import setup_replication
-from nodes.replication.roles import REPLICATION, stored_role
+from nodes.replication.roles import REPLICATION, replicating, starting_role
 from nodes.shared.http_api import (
     error_middleware,
     handle_from_path,
@@ -27,102 +29,41 @@ from nodes.shared.http_api import (
     respond,
 )
 from nodes.shared.metrics import METRICS, NodeMetrics, count_requests, gauge, metrics_handler
+from resolver.bodies import answer_body, not_found_body, referral_body, values_not_found_body
 from resolver.client import HandleClient
-from resolver.config import NodeSpec, Topology
 from resolver.errors import ProtocolError
-from resolver.names import parse_handle, prefix_handle
+from resolver.names import parse_handle
 from resolver.records import parse_put_body
-from resolver.sites import site_value
-from resolver.storage import SQLiteStorage, Write
-from resolver.values import HandleValue, value_to_wire
+from resolver.storage import SQLiteStorage
 
-__all__ = ["AuthoritativeConfig", "create_app", "own_prefix_values"]
+__all__ = ["AuthoritativeConfig", "create_app"]
 
 
-def own_prefix_values(topology: Topology, spec: NodeSpec, hashed_secret: str) -> tuple[HandleValue, ...]:
-    """The node's own prefix handle: its sites, HS_ADMIN -> the admin group at 200, which lists the
-    operator identity 300:0.NA/<prefix>, whose HS_SECKEY is at 300 (Technical Manual §3.6 layout)."""
-    assert spec.prefix is not None
-    me = prefix_handle(spec.prefix)
-    sites = tuple(
-        site_value(i, site.host, site.port, primary=not site.is_mirror, description=site.description or site.name)
-        for i, site in enumerate(topology.sites_of(spec.mirror_of or spec.name), start=1)
-    )
-    return (
-        *sites,
-        HandleValue(100, "HS_ADMIN", "admin", {"handle": me, "index": 200, "permissions": "111111111111"}),
-        HandleValue(200, "HS_VLIST", "vlist", [{"handle": me, "index": 300}]),
-        HandleValue(300, "HS_SECKEY", "string", hashed_secret, permissions="1100"),
-    )
-
-
-async def ensure_own_prefix_handle(authority: Authority, topology: Topology, secret: str) -> None:
-    """Write the node's prefix handle if it is missing or out of date; a restart with the same
-    topology and secret writes nothing."""
-    import asyncio
-
-    from resolver.auth import hash_secret, verify_secret
-
-    spec = authority.spec
-    key = prefix_handle(spec.prefix or "")
-    current = await authority.store.get(key)
-    old = current.by_index() if current else {}
-    seckey = old.get(300)
-    if (
-        seckey is not None
-        and seckey.type == "HS_SECKEY"
-        and await asyncio.to_thread(verify_secret, secret, seckey.value)
-    ):
-        hashed = seckey.value
-    else:
-        hashed = await asyncio.to_thread(hash_secret, secret)
-    wanted = own_prefix_values(topology, spec, hashed)
-    now = int(time.time())
-    merged = dict(old)
-    for v in wanted:
-        previous = old.get(v.index)
-        # The admin values are only a starting point: an operator who edits them (adds members to
-        # the group at 200, say) keeps the edits across restarts. Sites and the secret follow config.
-        kept = previous is not None and (
-            previous.same_content(v) or (v.type in ("HS_ADMIN", "HS_VLIST") and previous.type == v.type)
-        )
-        merged[v.index] = previous if kept and previous is not None else v.with_timestamp(now)
-    # Sites of a topology that shrank must not linger.
-    for index, v in old.items():
-        if v.type.upper() == "HS_SITE" and index not in {w.index for w in wanted}:
-            del merged[index]
-    if current is None or merged != old:
-        values = tuple(sorted(merged.values(), key=lambda v: v.index))
-        await authority.store.write([Write(key, values)])
-        authority.zone.learn(spec.prefix or "", values)
-
-
-async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The node's resources in the one order that works, stopped in reverse: open the store, decide
+    the role (``starting_role``: a stored role wins over the topology), build the authority, write
+    the own prefix handle, start replication (which observes the authority), and only then serve."""
     config = app[CONFIG]
     config.db_path.parent.mkdir(parents=True, exist_ok=True)
-    store = await SQLiteStorage.open(config.db_path)
-    session = aiohttp.ClientSession()
-    client = HandleClient(session)
-    roots = [n.url for n in config.topology.roots()]
-
-    try:
-        # A stored role (a promotion or demotion) wins over the topology: nodes.replication.roles.
-        mirror = config.spec.is_mirror or await stored_role(store) == "mirror"
+    async with contextlib.AsyncExitStack() as resources:
+        store = await SQLiteStorage.open(config.db_path)
+        resources.push_async_callback(store.close)
+        session = await resources.enter_async_context(aiohttp.ClientSession())
+        roots = [n.url for n in config.topology.roots()]
+        role = await starting_role(store, config.spec)
         authority = Authority(
             config.spec,
             store,
             config.limits,
-            read_only=mirror,
-            remote_verifier=remote_verifier(client, roots),
+            read_only=role.is_mirror,
+            remote_verifier=remote_verifier(HandleClient(session), roots),
         )
         await authority.start()
-        if not mirror:  # a promoted mirror holds its primary's prefix handle already
+        if role.writes_own_prefix_handle:
             await ensure_own_prefix_handle(authority, config.topology, config.operator_secret)
-        app[AUTHORITY] = authority
+        replication = await resources.enter_async_context(replicating(authority, config, role))
+        app[AUTHORITY], app[REPLICATION] = authority, replication
         yield
-    finally:
-        await session.close()
-        await store.close()
 
 
 async def get_handle(request: web.Request) -> web.Response:
@@ -138,31 +79,15 @@ async def get_handle(request: web.Request) -> web.Response:
     outcomes = request.app[METRICS].resolutions
     if not isinstance(result, Answer):
         outcomes.labels("referral").inc()
-        return respond(
-            request,
-            300,
-            {
-                "responseCode": 303,
-                "handle": text,
-                "prefix": result.prefix,
-                "message": f"prefix {result.prefix} is delegated: ask one of its sites",
-                "values": [value_to_wire(v) for v in result.sites],
-            },
-        )
+        return respond(request, 300, referral_body(text, result.prefix, result.sites))
     if result.values is None:
         outcomes.labels("not_found").inc()
-        return respond(request, 404, {"responseCode": 100, "handle": text, "message": "Handle Not Found"})
+        return respond(request, 404, not_found_body(text))
     if result.filtered and not result.values:
         outcomes.labels("values_not_found").inc()
-        return respond(
-            request,
-            200,
-            {"responseCode": 200, "handle": text, "values": [], "message": "no value matches the type or index given"},
-        )
+        return respond(request, 200, values_not_found_body(text))
     outcomes.labels("answer").inc()
-    return respond(
-        request, 200, {"responseCode": 1, "handle": text, "values": [value_to_wire(v) for v in result.values]}
-    )
+    return respond(request, 200, answer_body(text, result.values))
 
 
 async def put_handle(request: web.Request) -> web.Response:
@@ -237,7 +162,7 @@ async def healthz(request: web.Request) -> web.Response:
             "node": spec.name,
             "role": spec.role,
             "prefix": spec.prefix,
-            "mirror": request.app[REPLICATION].role == "mirror",  # a stored role wins over the topology
+            "mirror": request.app[REPLICATION].role == "mirror",  # as starting_role decided, or a role change since
             "lastSeq": await authority.store.last_seq(),
             "operator": str(authority.operator),
         },
@@ -267,7 +192,7 @@ def create_app(config: AuthoritativeConfig) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = metrics = NodeMetrics(config.spec.name, config.spec.role)
     metrics.add_source(lambda: _replication_metrics(app))
-    app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(_node_ctx)  # one context: see its docstring for the order
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/api/handles", list_handles)

@@ -1,8 +1,10 @@
 """The authoritative node's service: resolve, write, delete and list records it is responsible for.
 
-HTTP lives in ``nodes.authoritative.app``; this module holds the rules (HANDLE.NET semantics for
-``overwrite``, ``index``, 201 vs 200, 409/101, HS_ADMIN authorisation up the prefix chain) over a
-``Storage``. All writes go through one lock: a read-modify-write of a record is never interleaved.
+HTTP lives in ``nodes.authoritative.app``; this module holds the service over a ``Storage``:
+authentication, HS_ADMIN authorisation up the prefix chain (``may``), resolution and listing, and the
+steps of a write. What a write does (HANDLE.NET semantics for ``overwrite``, ``index``, 201 vs 200,
+409/101) is decided by ``nodes.authoritative.writes``, for single writes and batches alike. All
+writes go through one lock: a read-modify-write of a record is never interleaved.
 """
 
 from __future__ import annotations
@@ -18,33 +20,25 @@ from typing import Protocol
 
 from aiohttp import web
 
+from nodes.authoritative.write_ops import Kind, WriteOp, delete_kind, put_kind
+from nodes.authoritative.writes import Decided, WriteDecider, needs_credentials, refuse_write
 from resolver.auth import Identity, Perm, admin_grants, hash_secret_values, parse_basic, verify_secret
 from resolver.config import Limits, NodeSpec
 from resolver.errors import (
     AuthenticationFailed,
     AuthenticationNeeded,
-    HandleAlreadyExists,
-    HandleNotFound,
     NotResponsible,
     PermissionDenied,
     ProtocolError,
     ReadOnly,
 )
 from resolver.names import PREFIX_NA, Handle, ancestors, parse_handle, parse_prefix, prefix_handle
-from resolver.records import (
-    Record,
-    filter_values,
-    keep_timestamps,
-    merge_values,
-    public_values,
-    remove_values,
-)
-from resolver.sites import site_servers
+from resolver.records import Record, filter_values, public_values
 from resolver.storage import Storage, Write
 from resolver.values import HandleValue
 from resolver.zone import NotHere, Refer, Zone
 
-__all__ = ["AUTHORITY", "Answer", "Authority", "Referral", "WriteObserver", "WriteResult", "changes_needed"]
+__all__ = ["AUTHORITY", "Answer", "Authority", "Referral", "WriteObserver", "WriteResult"]
 
 # Successful credential checks are remembered this long, so PBKDF2 is paid once per client, not per
 # request; a change to any HS_SECKEY value forgets them all at once.
@@ -102,26 +96,6 @@ class WriteResult:
     handle: str  # as the client wrote it (or as minted)
     created: bool  # the handle or some value did not exist before
     seq: int  # change-log sequence number of the write, 0 if nothing changed
-
-
-def _admin_perm(v: HandleValue, plain: int, admin: int) -> int:
-    return admin if v.type.upper() == "HS_ADMIN" else plain
-
-
-def changes_needed(old: Sequence[HandleValue], new: Sequence[HandleValue]) -> set[int]:
-    """The HS_ADMIN permission bits a change from ``old`` to ``new`` values needs."""
-    before = {v.index: v for v in old}
-    after = {v.index: v for v in new}
-    needed: set[int] = set()
-    for index, v in after.items():
-        if index not in before:
-            needed.add(_admin_perm(v, Perm.ADD_VALUE, Perm.ADD_ADMIN))
-        elif not before[index].same_content(v):
-            needed.add(_admin_perm(v, Perm.MODIFY_VALUE, Perm.MODIFY_ADMIN))
-    for index, v in before.items():
-        if index not in after:
-            needed.add(_admin_perm(v, Perm.REMOVE_VALUE, Perm.REMOVE_ADMIN))
-    return needed
 
 
 class Authority:
@@ -217,9 +191,6 @@ class Authority:
                 chain.extend(record.values)
         return chain
 
-    def is_operator(self, identity: Identity) -> bool:
-        return identity == self.operator
-
     async def may(
         self,
         identity: Identity,
@@ -243,36 +214,7 @@ class Authority:
         chain = await self._admin_chain(handle, current, overlay)
         return await admin_grants(identity, permission, chain, lookup)
 
-    async def _require(
-        self, identity: Identity | None, permissions: set[int], handle: Handle, current: Record | None
-    ) -> Identity:
-        if identity is None:
-            raise AuthenticationNeeded(
-                f"writing {handle.text} needs credentials (Basic INDEX%3AHANDLE:secret)", handle=handle.text
-            )
-        for permission in sorted(permissions):
-            if not await self.may(identity, permission, handle, current):
-                raise PermissionDenied(
-                    f"{identity} may not {Perm.NAMES[permission]} on {handle.text}: no HS_ADMIN value of the "
-                    f"handle or its prefixes grants it",
-                    handle=handle.text,
-                )
-        return identity
-
     # -- reads -----------------------------------------------------------------------------------
-
-    def _check_route(self, handle: Handle, *, writing: bool, zone: Zone | None = None) -> Referral | None:
-        decision = (zone or self.zone).route(handle)
-        if isinstance(decision, NotHere):
-            raise NotResponsible(decision.reason, handle=handle.text)
-        if isinstance(decision, Refer):
-            if writing:
-                where = ", ".join(s.url for s in site_servers(decision.sites) if s.primary) or "its node"
-                raise NotResponsible(
-                    f"prefix {decision.prefix} is delegated to {where}: send writes there", handle=handle.text
-                )
-            return Referral(decision.prefix, decision.sites)
-        return None
 
     async def resolve(
         self,
@@ -282,9 +224,11 @@ class Authority:
         indexes: Sequence[int] = (),
         identity: Identity | None = None,
     ) -> Answer | Referral:
-        referral = self._check_route(handle, writing=False)
-        if referral is not None:
-            return referral
+        decision = self.zone.route(handle)
+        if isinstance(decision, NotHere):
+            raise NotResponsible(decision.reason, handle=handle.text)
+        if isinstance(decision, Refer):
+            return Referral(decision.prefix, decision.sites)
         record = await self.store.get(handle.key)
         if record is None:
             return Answer(None, False)
@@ -300,7 +244,7 @@ class Authority:
         prefix = parse_prefix(prefix_text)
         handle = parse_handle(prefix_handle(prefix))
         # Listing a prefix answers for handles *under* it, so route an ordinary handle of that prefix.
-        self._check_route(parse_handle(f"{prefix}/x"), writing=True)
+        refuse_write(self.zone, parse_handle(f"{prefix}/x"))
         record = await self.store.get(handle.key)
         if identity is None:
             raise AuthenticationNeeded(f"listing {prefix} needs credentials", handle=prefix_text)
@@ -317,10 +261,6 @@ class Authority:
 
     # -- writes ----------------------------------------------------------------------------------
 
-    async def _writable(self, handle: Handle) -> None:
-        await self.admit_write(handle)
-        self._check_route(handle, writing=True)
-
     def _refuse_if_read_only(self, handle: Handle | None) -> None:
         if self.read_only:
             default = f"{self.spec.name} is a mirror and refuses writes; send them to its primary"
@@ -328,7 +268,8 @@ class Authority:
 
     # The steps of a client write, public for bulk registration (nodes.authoritative.batch.endpoint),
     # which takes them in the same order as put() and delete(): admit_write(), then under write_lock
-    # refuse_if_read_only(), the checks, commit() and learn_write(), then acknowledge() outside the lock.
+    # refuse_if_read_only(), the decision (nodes.authoritative.writes), commit() and learn(), then
+    # acknowledge() outside the lock.
 
     async def admit_write(self, handle: Handle | None = None) -> None:
         """Wait for the observer's gate, then refuse (503/7) if this node takes no writes."""
@@ -342,18 +283,13 @@ class Authority:
     def refuse_if_read_only(self) -> None:
         self._refuse_if_read_only(None)
 
-    def route_write(self, handle: Handle, zone: Zone | None = None) -> None:
-        """Raise NotResponsible (301) unless ``handle`` may be written here (per ``zone``, default
-        the node's own: a batch routes against a copy that has learnt its earlier prefix handles)."""
-        self._check_route(handle, writing=True, zone=zone)
-
-    def learn_write(self, prefix: str | None, values: tuple[HandleValue, ...] | None, *, secrets: bool) -> None:
-        """After a committed write: the prefix handle of ``prefix`` now holds ``values`` (None:
-        deleted); ``secrets``: an HS_SECKEY value was written or removed."""
-        if prefix is not None:
+    def learn(self, decided: Decided) -> None:
+        """After committing ``decided``'s writes: route by the prefix handles written, and forget
+        cached credentials if a secret changed (a changed or removed secret must stop working at once)."""
+        for prefix, values in decided.prefixes:
             self.zone.learn(prefix, values)
-        if secrets:
-            self._verified.clear()  # a changed or removed secret must stop working at once
+        if decided.secrets:
+            self._verified.clear()
 
     async def set_read_only(self, message: str | None) -> None:
         """Refuse writes from now on, saying ``message``, or accept them again (None).
@@ -389,11 +325,8 @@ class Authority:
         identity: Identity | None,
     ) -> WriteResult:
         """PUT /api/handles/...: create or replace the record, or add/replace only ``indexes``."""
-        await self._writable(handle)
-        if identity is None:
-            raise AuthenticationNeeded(
-                f"writing {handle.text} needs credentials (Basic INDEX%3AHANDLE:secret)", handle=handle.text
-            )
+        kind = put_kind(overwrite=overwrite, indexes=indexes)
+        writer = await self._admit_client_write(kind, handle, identity)
         if indexes is not None and set(indexes) != {v.index for v in values}:
             raise ProtocolError(
                 f"Mismatched indexes in PUT request: the query names {sorted(set(indexes))}, the body has "
@@ -401,36 +334,7 @@ class Authority:
                 handle=handle.text,
             )
         values = await asyncio.to_thread(hash_secret_values, values)
-        async with self._write_lock:
-            self._refuse_if_read_only(handle)  # again: the node may have been demoted meanwhile
-            current = await self.store.get(handle.key)
-            if indexes is None:
-                if current is None:
-                    create = Perm.ADD_DERIVED_PREFIX if handle.is_prefix_handle else Perm.ADD_HANDLE
-                    await self._require(identity, {create}, handle, None)
-                    new, created = values, True
-                elif not overwrite:
-                    raise HandleAlreadyExists(f"{handle.text} already exists (overwrite=false)", handle=handle.text)
-                else:
-                    new, created = keep_timestamps(current.values, values), False
-            else:
-                if current is None:
-                    raise HandleNotFound(
-                        f"{handle.text} does not exist, so values cannot be added to it", handle=handle.text
-                    )
-                new = merge_values(
-                    current.values, values, overwrite=overwrite, handle_text=handle.text, limits=self.limits
-                )
-                created = len(new) > len(current.values)
-            if current is not None:
-                await self._require(identity, changes_needed(current.values, new), handle, current)
-                if len(new) == len(current.values) and all(
-                    a.same_content(b) for a, b in zip(new, current.values, strict=True)
-                ):
-                    return WriteResult(handle.text, created, 0)  # nothing changed: nothing to log
-            seq = await self.commit([Write(handle.key, new)])
-            self._after_write(handle, current, new)
-        return await self._acknowledge(WriteResult(handle.text, created, seq))
+        return await self._write(WriteOp.single(kind, handle, values, indexes), writer)
 
     async def mint(self, prefix_text: str, values: tuple[HandleValue, ...], identity: Identity | None) -> WriteResult:
         """PUT with ``mintNewSuffix=true``: create a handle whose suffix ends in a fresh random UUID."""
@@ -438,29 +342,33 @@ class Authority:
         return await self.put(handle, values, overwrite=False, indexes=None, identity=identity)
 
     async def delete(self, handle: Handle, *, indexes: Sequence[int] | None, identity: Identity | None) -> WriteResult:
-        await self._writable(handle)
+        """DELETE /api/handles/...: the whole record, or only ``indexes``."""
+        kind = delete_kind(indexes)
+        writer = await self._admit_client_write(kind, handle, identity)
+        return await self._write(WriteOp.single(kind, handle, indexes=indexes), writer)
+
+    async def _admit_client_write(self, kind: Kind, handle: Handle, identity: Identity | None) -> Identity:
+        """Refuse, in this order: a node that takes no writes (503/7), a handle not written here (301),
+        a client without credentials (401/402)."""
+        await self.admit_write(handle)
+        refuse_write(self.zone, handle)
         if identity is None:
-            raise AuthenticationNeeded(f"deleting {handle.text} needs credentials", handle=handle.text)
-        if handle.is_prefix_handle and handle.zone == self.zone.own and not indexes:
-            raise PermissionDenied(
-                f"{handle.text} is this node's own prefix handle and cannot be deleted", handle=handle.text
-            )
+            raise needs_credentials(kind, handle.text)
+        return identity
+
+    async def _write(self, op: WriteOp, identity: Identity) -> WriteResult:
+        """Decide ``op`` under the write lock, commit and learn what it wrote, then acknowledge it."""
         async with self._write_lock:
-            self._refuse_if_read_only(handle)
-            current = await self.store.get(handle.key)
-            if current is None:
-                raise HandleNotFound(f"{handle.text} does not exist", handle=handle.text)
-            new: tuple[HandleValue, ...] | None
-            if indexes:
-                new = remove_values(current.values, indexes, handle_text=handle.text)
-                await self._require(identity, changes_needed(current.values, new), handle, current)
-            else:
-                remove = Perm.DELETE_DERIVED_PREFIX if handle.is_prefix_handle else Perm.DELETE_HANDLE
-                await self._require(identity, {remove}, handle, current)
-                new = None
-            seq = await self.commit([Write(handle.key, new)])
-            self._after_write(handle, current, new)
-        return await self._acknowledge(WriteResult(handle.text, False, seq))
+            self._refuse_if_read_only(op.handle)  # again: the node may have been demoted meanwhile
+            decider = WriteDecider(self, identity, [op])
+            await decider.load()
+            created = await decider.decide(op)
+            decided = decider.decided()
+            if not decided.writes:
+                return WriteResult(op.text, created, 0)  # nothing changed: nothing to log
+            seq = await self.commit(decided.writes)
+            self.learn(decided)
+        return await self._acknowledge(WriteResult(op.text, created, seq))
 
     async def apply_replicated(self, writes: Sequence[Write]) -> int:
         """Apply writes copied from this node's primary (a mirror's only way to change)."""
@@ -471,11 +379,6 @@ class Authority:
                     self.zone.learn(w.key.partition("/")[2], w.values)
             self._verified.clear()
         return seq
-
-    def _after_write(self, handle: Handle, old: Record | None, new: tuple[HandleValue, ...] | None) -> None:
-        touched = [*(old.values if old else ()), *(new or ())]
-        secrets = any(v.type.upper() == "HS_SECKEY" for v in touched)
-        self.learn_write(handle.zone if handle.is_prefix_handle else None, new, secrets=secrets)
 
 
 AUTHORITY: web.AppKey[Authority] = web.AppKey("authority")

@@ -1,47 +1,54 @@
 """Verifying identities held by other nodes, as IDIS's distributed authentication does.
 
-A node knows the secrets of the identities it serves. For any other identity it finds, through the
-tree from the root nodes, the node that holds the identity's handle and lets that node check the
-credentials (HANDLE.NET's ``GET /api/sessions/this``); the answer is cached by ``Authority``.
+A node knows the secrets of the identities it serves. For any other identity it walks the tree from
+the top-level nodes (``resolver.walk``, the walk every resolution makes) to the node that holds the
+identity's handle, and lets that node check the credentials (HANDLE.NET's ``GET
+/api/sessions/this``); the answer is cached by ``Authority``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 from nodes.authoritative.authority import RemoteVerifier
 from resolver.auth import Identity
-from resolver.client import HandleClient
+from resolver.client import HandleClient, HttpTransport
 from resolver.errors import AuthenticationFailed, UpstreamError
-from resolver.names import PREFIX_NA
-from resolver.sites import site_servers
-from resolver.values import value_from_wire
+from resolver.names import parse_handle
+from resolver.resolution import Answer, prefix_unregistered
+from resolver.sites import SiteServer, site_servers
+from resolver.upstream import UpstreamConfig, Upstreams
+from resolver.walk import WALK_UPSTREAM, walk
 
 __all__ = ["remote_verifier"]
 
 
-def remote_verifier(client: HandleClient, roots: Sequence[str]) -> RemoteVerifier:
+def remote_verifier(
+    client: HandleClient, roots: Sequence[str], config: UpstreamConfig = WALK_UPSTREAM
+) -> RemoteVerifier:
+    """Check credentials of identities held elsewhere, finding their home node from ``roots`` (URLs
+    of the top-level nodes, in the order to ask them)."""
+    transport = HttpTransport(client)
+    hints = [SiteServer(url, True) for url in roots]
+    upstreams = Upstreams(config)  # health learnt across logins: a node that is down is asked last
+
     async def verify(identity: Identity, authorization: str) -> bool:
-        try:
-            found = await client.resolve(identity.text, roots)
-        except UpstreamError as exc:
+        handle = parse_handle(identity.text)
+        resolution = await walk(handle, hints, transport, upstreams)
+        failed = resolution.failed
+        if failed is not None and not prefix_unregistered(failed):
+            why = "" if failed.attempts else f" ({failed.message})"  # a deadline, too many referrals
             raise UpstreamError(
-                f"cannot verify {identity} now: its home node could not be reached", attempts=exc.attempts
-            ) from exc
-        if found.reply.status == 404:
+                f"cannot verify {identity} now: its home node could not be reached{why}", attempts=failed.attempts
+            ) from failed
+        if not isinstance(resolution.result, Answer):  # not found, or no node serves its prefix
             raise AuthenticationFailed(f"{identity} does not exist, so it cannot be authenticated")
-        if found.reply.status != 200 or not found.hops:
-            raise AuthenticationFailed(f"{identity} could not be found: {found.reply.body.get('message', '')}")
-        target = found.hops[-1].url
-        if identity.key.startswith(PREFIX_NA + "/"):
+        assert resolution.answered_by is not None
+        target = resolution.answered_by.url
+        if handle.is_prefix_handle:
             # A prefix handle resolves at the parent, which holds the delegation; the prefix's own
             # node, named by its HS_SITE values, is the one that holds the secret.
-            now = int(time.time())
-            values = [
-                value_from_wire(v, position=i + 1, now=now) for i, v in enumerate(found.reply.body.get("values", []))
-            ]
-            servers = [s for s in site_servers(values) if s.primary]
+            servers = [s for s in site_servers(resolution.result.values) if s.primary]
             if servers:
                 target = servers[0].url
         try:

@@ -6,14 +6,10 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import click
 from rich.console import Console
-from rich.table import Table
 
-from resolver.client import HandleClient, Resolution
 from resolver.errors import ConfigError, HandleError
 
 __all__ = ["main"]
@@ -83,14 +79,14 @@ def serve(name: str, topology_path: Path | None, data_dir: Path) -> None:
 def seed(topology_path: Path | None, data_dir: Path, demo: bool, wait_seconds: float) -> None:
     """Register the topology's delegations and hosted prefixes on nodes that are already running
     (started with `idres serve` or docker compose), with the operators' credentials; idempotent."""
-    from nodes.running.launcher import seed as run_seed
+    from nodes.running.launcher import seed_running_nodes
     from nodes.running.topology_file import load_topology
 
     try:
         topology = load_topology(topology_path)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    sys.exit(run_seed(topology, data_dir, Console(), demo=demo, timeout=wait_seconds))
+    sys.exit(seed_running_nodes(topology, data_dir, Console(), demo=demo, timeout=wait_seconds))
 
 
 @main.command()
@@ -101,82 +97,29 @@ def topology() -> None:
     click.echo(DEFAULT_TOPOLOGY.read_text(encoding="utf-8"), nl=False)
 
 
-def _data_text(value: dict[str, Any]) -> str:
-    data = value.get("data", {})
-    inner = data.get("value") if isinstance(data, dict) else data
-    return inner if isinstance(inner, str) else json.dumps(inner, ensure_ascii=False)
-
-
-def _print_resolution(console: Console, handle: str, found: Resolution) -> None:
-    path = Table(title="path", show_edge=False)
-    for column in ("hop", "node", "answer", "ms"):
-        path.add_column(column)
-    body = found.reply.body
-    rows = [
-        (
-            f"{hop.url} {hop.description}".strip(),
-            "unreachable" if hop.status == 0 else f"HTTP {hop.status}, responseCode {hop.response_code}",
-            f"{hop.ms:.1f}",
-        )
-        for hop in found.hops
-    ]
-    # A recursive node reports the walk it made on our behalf (trace=true): show those hops too.
-    for step in body.get("trace", []) if isinstance(body.get("trace"), list) else []:
-        rows.append(
-            (
-                f"  via {step.get('address', '')} {step.get('node', '')}".rstrip(),
-                f"cache {step.get('cache', '')}{', ' + step['outcome'] if step.get('outcome') else ''}",
-                f"{step.get('ms', 0):.1f}",
-            )
-        )
-    for i, (node, answer, ms) in enumerate(rows, 1):
-        path.add_row(str(i), node, answer, ms)
-    console.print(path)
-    if found.reply.response_code != 1:
-        console.print(
-            f"[red]{handle}: {body.get('message', 'error')} "
-            f"(responseCode {found.reply.response_code}, HTTP {found.reply.status})[/red]"
-        )
-        return
-    table = Table(title=body.get("handle", handle))
-    for column in ("index", "type", "data", "ttl", "timestamp"):
-        table.add_column(column)
-    for value in body.get("values", []):
-        table.add_row(
-            str(value.get("index")),
-            str(value.get("type")),
-            _data_text(value),
-            str(value.get("ttl", "")),
-            str(value.get("timestamp", "")),
-        )
-    console.print(table)
-
-
 @main.command()
 @click.argument("handle")
 @click.option("--server", default=DEFAULT_SERVER, show_default=True, help="Node to start from.")
 @click.option("--type", "types", multiple=True, help="Only values of this type (repeatable).")
 @click.option("--index", "indexes", multiple=True, type=int, help="Only the value at this index (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print the raw response instead of a table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer body (JSON) instead of tables.")
 def resolve(handle: str, server: str, types: tuple[str, ...], indexes: tuple[int, ...], as_json: bool) -> None:
-    """Resolve HANDLE, following referrals from SERVER down to the node that holds it."""
-    params = [("type", t) for t in types] + [("index", str(i)) for i in indexes]
-    if not as_json:
-        params.append(("trace", "true"))  # a recursive node then says which nodes it asked
-
-    async def run() -> Resolution:
-        async with aiohttp.ClientSession() as session:
-            return await HandleClient(session).resolve(handle, [server], params=params)
+    """Resolve HANDLE, following referrals from SERVER down to the node that holds it; every hop is shown.
+    Exit status 1 when HANDLE does not exist, no value matches, or it cannot be resolved."""
+    from nodes.cli.resolve_view import print_walk, walk_from
 
     try:
-        found = asyncio.run(run())
+        # A recursive node, asked for its trace, says which nodes it asked on our behalf.
+        walked = asyncio.run(walk_from(server, handle, types=types, indexes=indexes, trace=not as_json))
     except HandleError as exc:
         raise click.ClickException(exc.message) from exc
+    if not as_json:
+        print_walk(Console(), handle, walked)
+    if walked.error is not None:
+        raise click.ClickException(walked.error.message)
     if as_json:
-        click.echo(json.dumps(found.reply.body, ensure_ascii=False, indent=2))
-    else:
-        _print_resolution(Console(), handle, found)
-    if found.reply.response_code not in (1,):
+        click.echo(json.dumps(walked.body, ensure_ascii=False, indent=2))
+    if not walked.found:
         sys.exit(1)
 
 

@@ -1,1 +1,1 @@
-"""Replication: change-log endpoints, roles and promotion, and the follower a mirror runs."""
+"""Replication: change-log endpoints, roles and promotion, mirrors' acknowledgements, a mirror's follower."""

@@ -42,25 +42,21 @@ import logging
 import math
 import time
 from bisect import bisect_right
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
-from nodes.authoritative.authority import AUTHORITY
-from nodes.authoritative.config import CONFIG
-from nodes.replication.follower import APPLIED_SEQ, SNAPSHOT_SEQ, MirrorState, meta_int
-from nodes.replication.roles import REPLICATION, ChangeFeed, Replication
+from nodes.authoritative.authority import AUTHORITY, Authority
+from nodes.replication.follower import APPLIED_SEQ, SNAPSHOT_SEQ, meta_int
+from nodes.replication.roles import REPLICATION
 from nodes.shared.http_api import query_bool, query_int, respond
 from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, pack_values
 from resolver.errors import AuthenticationNeeded, HandleError, PermissionDenied, ProtocolError
 from resolver.storage import Change, PackedChange
 from resolver.values import HandleValue, value_to_wire
 
-if TYPE_CHECKING:
-    from nodes.authoritative.authority import Authority
-
-__all__ = ["ChangeFeed", "MirrorState", "Replication", "setup_replication"]
+__all__ = ["setup_replication"]
 
 log = logging.getLogger("idres.replication")
 
@@ -246,27 +242,18 @@ async def post_promote(request: web.Request) -> web.Response:
 # -- wiring ----------------------------------------------------------------------------------------
 
 
-async def _replication_ctx(app: web.Application) -> AsyncIterator[None]:
-    replication = app[REPLICATION]
-    try:
-        await replication.start(app[AUTHORITY], app[CONFIG])
-        yield
-    finally:
-        await replication.stop()
-
-
 async def _wake_long_polls(app: web.Application) -> None:
-    app[REPLICATION].feed.close()
+    replication = app.get(REPLICATION)
+    if replication is not None:  # None: the node failed before replication started
+        replication.feed.close()
 
 
 def setup_replication(app: web.Application) -> None:
-    """Add the replication endpoints and the task that follows another node or checks the peers."""
-    app[REPLICATION] = Replication()
+    """Add the replication endpoints. Replication itself runs in the node's start-up context
+    (``nodes.authoritative.app``), which puts it under ``REPLICATION`` once it observes the authority."""
     app.router.add_get("/api/replication/changes", get_changes)
     app.router.add_get("/api/replication/snapshot", get_snapshot)
     app.router.add_get("/api/replication/status", get_status)
     app.router.add_post("/api/replication/promote", post_promote)
     # on_shutdown runs before aiohttp waits for open requests: a 30 s long-poll must not hold it up.
     app.on_shutdown.append(_wake_long_polls)
-    # After _storage_ctx (create_app calls this last), so the store and authority exist here.
-    app.cleanup_ctx.append(_replication_ctx)

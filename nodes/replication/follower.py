@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import msgpack
 
+from resolver.backoff import backoff_delay
 from resolver.client import HandleClient
 from resolver.codec import MSGPACK
 from resolver.errors import HandleError, ReplicationError
@@ -126,7 +127,7 @@ class Mirror:
         self._client = HandleClient(session, timeout=POLL_WAIT + 10)
         self._resume_key = ""  # the last snapshot key applied, so a cut stream resumes after it
         self._received: set[str] = set()  # during a resync: every key the snapshot sent
-        self._delay = BACKOFF_MIN
+        self._retries = 0  # failed rounds since the upstream last answered
 
     async def run(self) -> None:
         store = self._authority.store
@@ -138,16 +139,17 @@ class Mirror:
             except Exception as exc:  # keep replicating whatever went wrong; reads never stop
                 message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 if message != self._state.last_error:  # once per new problem, not once per retry
-                    expected = isinstance(exc, ReplicationError | HandleError | aiohttp.ClientError | OSError)
+                    # ReplicationError and UpstreamError are HandleErrors; a traceback only for the unforeseen.
+                    expected = isinstance(exc, HandleError | aiohttp.ClientError | OSError)
                     log.warning("replication from %s: %s", self._state.primary, message, exc_info=not expected)
                 self._state.connected = self._state.caught_up = False
                 self._state.last_error = message
-            await asyncio.sleep(self._delay)
-            self._delay = min(self._delay * 2, BACKOFF_MAX)
+            self._retries += 1
+            await asyncio.sleep(backoff_delay(self._retries, first=BACKOFF_MIN, cap=BACKOFF_MAX))
 
     def _reached(self, *, caught_up: bool) -> None:
         """The upstream answered: reset the backoff and note whether this mirror has everything."""
-        self._delay = BACKOFF_MIN
+        self._retries = 0
         self._state.connected, self._state.caught_up, self._state.last_error = True, caught_up, None
         if caught_up:
             self._state.synced_at = time.monotonic()

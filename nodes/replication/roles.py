@@ -11,6 +11,12 @@ is a node's *peer*. Each node keeps in its meta table:
   follows, and refuses data from one whose epoch is below its own (that node was superseded).
 - ``following``: the peer a demoted node follows.
 
+**Where the role is decided.** ``starting_role`` reads those entries once, at start, and its answer
+builds both the ``Authority`` (read-only on a mirror) and the ``Replication``; from then on
+``Replication.role`` is the node's role (healthz, ``/api/replication/status``), changed only by a
+promotion or a demotion. ``replicating`` is the only way to run replication: it needs the authority
+it observes, so the node's start-up (``nodes.authoritative.app``) cannot order them otherwise.
+
 **When a primary checks for a promoted peer.** A primary with peers asks each one for
 ``/api/replication/status`` at start (before it serves anything, one second at most per peer), then
 every ``PEER_CHECK_SECONDS`` (every ``RECHECK_SECONDS`` while it has not heard from all of them). A
@@ -51,12 +57,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from typing import TYPE_CHECKING, Literal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
 
 import aiohttp
 from aiohttp import web
 
+from nodes.authoritative.authority import Authority
+from nodes.authoritative.config import AuthoritativeConfig
+from nodes.replication.acks import AckTracker, ChangeFeed
 from nodes.replication.follower import (
     APPLIED_SEQ,
     RESYNC,
@@ -71,11 +81,7 @@ from resolver.errors import NotReplicated, ReplicationError, UpstreamError
 from resolver.names import prefix_handle
 from resolver.storage import Storage
 
-if TYPE_CHECKING:
-    from nodes.authoritative.authority import Authority
-    from nodes.authoritative.config import AuthoritativeConfig
-
-__all__ = ["REPLICATION", "AckTracker", "ChangeFeed", "Replication", "stored_role"]
+__all__ = ["REPLICATION", "Replication", "Role", "RoleSource", "StartingRole", "replicating", "starting_role"]
 
 log = logging.getLogger("idres.replication")
 
@@ -87,121 +93,106 @@ CHECK_WAIT = 3.0  # a write to a primary still checking its peers waits this lon
 SYNC_ACK_TIMEOUT = 2.0  # with sync_mirrors, a write fails if no mirror has applied it by then
 
 Role = Literal["primary", "mirror"]
+RoleSource = Literal["topology", "promoted", "demoted"]
 
 
-async def stored_role(store: Storage) -> str | None:
-    """The role a promotion or demotion stored ("primary"/"mirror"), None if the topology decides."""
-    return await store.get_meta(ROLE) or None
+@dataclass(frozen=True, slots=True)
+class StartingRole:
+    """The role a node starts in: the stored role if a promotion or demotion left one, else the topology's."""
+
+    role: Role
+    source: RoleSource  # "topology", or the stored role: "promoted" (primary) / "demoted" (mirror)
+    following: str  # the node a mirror follows ("" on a primary)
+    epoch: int | None  # the stored epoch; None on a fresh database
+    # The topology's primary, still primary, writes its own prefix handle at start; a promoted mirror
+    # holds its primary's copy already, and a mirror gets it by replication.
+    writes_own_prefix_handle: bool
+
+    @property
+    def is_mirror(self) -> bool:
+        return self.role == "mirror"
 
 
-class ChangeFeed:
-    """Wakes long-polls when a write commits: each write sets the current event and starts a new one."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.closing = False
-
-    def notify(self) -> None:
-        self.event.set()
-        self.event = asyncio.Event()
-
-    def close(self) -> None:
-        """The node is shutting down: answer every long-poll now rather than hold up the shutdown."""
-        self.closing = True
-        self.notify()
+async def starting_role(store: Storage, spec: NodeSpec) -> StartingRole:
+    """Decide the role of the node ``spec`` over ``store``: the one place it is decided at start."""
+    stored = await store.get_meta(ROLE) or None
+    epoch = await meta_int(store, EPOCH)
+    if stored == "mirror" or (stored is None and spec.is_mirror):
+        following = (await store.get_meta(FOLLOWING) if stored else None) or spec.mirror_of or ""
+        source: RoleSource = "demoted" if stored else "topology"
+        return StartingRole("mirror", source, following, epoch, writes_own_prefix_handle=False)
+    source = "promoted" if stored else "topology"
+    return StartingRole("primary", source, "", epoch, writes_own_prefix_handle=not spec.is_mirror)
 
 
-class AckTracker:
-    """The highest seq each mirror has reported applied (its long-poll's ``after``), and who waits."""
+@contextlib.asynccontextmanager
+async def replicating(
+    authority: Authority, config: AuthoritativeConfig, start: StartingRole
+) -> AsyncIterator[Replication]:
+    """Replication of ``authority``'s node, observing its writes, from ``start`` until the block ends.
 
-    def __init__(self) -> None:
-        self.applied: dict[str, tuple[int, float]] = {}  # mirror name -> (seq, time.monotonic())
-        self._event = asyncio.Event()
-
-    def report(self, node: str, seq: int) -> None:
-        previous = self.applied.get(node)
-        self.applied[node] = (max(seq, previous[0] if previous else 0), time.monotonic())
-        self._event.set()
-        self._event = asyncio.Event()
-
-    def best(self) -> int:
-        return max((seq for seq, _ in self.applied.values()), default=0)
-
-    async def wait(self, seq: int, timeout: float) -> bool:
-        """Whether some mirror reports ``seq`` applied within ``timeout`` seconds."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.best() < seq:
-            woken, remaining = self._event, deadline - loop.time()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), remaining)
-        return True
+    Entered once the authority is built (and, on a primary, its own prefix handle written): only
+    then does a mirror start copying or a primary answer its peers."""
+    async with aiohttp.ClientSession() as session:
+        replication = Replication(authority, config, start, session)
+        try:
+            await replication.start()
+            yield replication
+        finally:
+            await replication.stop()
 
 
 class Replication:
-    """One node's replication state: role, epoch, the puller when it mirrors, the peer checks."""
+    """One node's replication state: role, epoch, the puller when it mirrors, the peer checks.
 
-    def __init__(self) -> None:
+    Build it with ``replicating``; it observes the authority's writes (``WriteObserver``)."""
+
+    def __init__(
+        self,
+        authority: Authority,
+        config: AuthoritativeConfig,
+        start: StartingRole,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        spec = config.spec
+        self.authority, self.spec, self.topology = authority, spec, config.topology
         self.feed = ChangeFeed()
         self.acks = AckTracker()
-        self.role: Role = "primary"
-        self.epoch = 0
-        self.role_source = "topology"  # or "promoted"/"demoted": the stored role
+        self.role: Role = start.role
+        self.role_source: RoleSource = start.source
+        self.epoch = start.epoch or 0
         self.mirror: MirrorState | None = None  # while this node follows another
-        self.peers: list[NodeSpec] = []
+        self.peers = [n for n in config.topology.sites_of(spec.mirror_of or spec.name) if n.name != spec.name]
         self.checked = False  # a primary: every peer answered since the start (or it was promoted)
         self.conflict: str | None = None
-        self.sync = False
+        self.sync = spec.sync_mirrors
+        self._start = start
         self._checked_event = asyncio.Event()
         self._seen_epoch = 0  # the highest epoch a peer reported
         self._lock = asyncio.Lock()  # one role change at a time
         self._mirror_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self._authority: Authority | None = None
-        self._spec: NodeSpec | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._auth = ""
-
-    @property
-    def authority(self) -> Authority:
-        assert self._authority is not None, "Replication.start() first"
-        return self._authority
-
-    @property
-    def spec(self) -> NodeSpec:
-        assert self._spec is not None, "Replication.start() first"
-        return self._spec
+        self._session = session
+        self._auth = basic_auth(f"300:{prefix_handle(spec.prefix or '')}", config.operator_secret)
 
     # -- start and stop --------------------------------------------------------------------------
 
-    async def start(self, authority: Authority, config: AuthoritativeConfig) -> None:
-        """Take the stored role (else the topology's) and start following or checking the peers."""
-        self._authority, self._spec = authority, config.spec
-        spec, topology, store = config.spec, config.topology, authority.store
-        self._session = aiohttp.ClientSession()
-        self._auth = basic_auth(f"300:{prefix_handle(spec.prefix or '')}", config.operator_secret)
-        self.peers = [n for n in topology.sites_of(spec.mirror_of or spec.name) if n.name != spec.name]
-        self.sync = spec.sync_mirrors
+    async def start(self) -> None:
+        """Observe the authority's writes, then follow the upstream (a mirror) or check the peers."""
+        authority, spec, start = self.authority, self.spec, self._start
         authority.observe(self)
-        stored = await stored_role(store)
-        known_epoch = await meta_int(store, EPOCH)
-        self.epoch = known_epoch or 0
-        if stored == "mirror" or (stored is None and spec.is_mirror):
-            self.role, self.role_source = "mirror", "demoted" if stored else "topology"
-            name = (await store.get_meta(FOLLOWING) if stored else None) or spec.mirror_of or ""
-            upstream = topology.nodes.get(name)
+        if start.is_mirror:
+            upstream = self.topology.nodes.get(start.following)
             if upstream is None:  # the topology changed under a demoted node: wait for an operator
+                name = start.following
                 self.mirror = MirrorState("", name, last_error=f"{name!r} is not a node of the topology")
                 await authority.set_read_only(f"{spec.name} is a mirror of {name!r}, which the topology lacks")
             else:
                 await self._follow(upstream)
             return
-        self.role, self.role_source = "primary", "promoted" if stored else "topology"
-        if known_epoch is None:
-            await store.set_meta(EPOCH, "0")
-        if not self.peers or known_epoch is None:
+        if start.epoch is None:
+            await authority.store.set_meta(EPOCH, "0")
+        if not self.peers or start.epoch is None:
             self._settled()  # nothing to ask, or a fresh database nothing can have superseded
             await authority.set_read_only(None)
         else:
@@ -215,13 +206,12 @@ class Replication:
             self._watch_task = asyncio.create_task(self._watch_peers(), name=f"peers-of-{spec.name}")
 
     async def stop(self) -> None:
+        """Cancel the puller and the peer checks and wait for them (the session is the caller's)."""
         for task in (self._mirror_task, self._watch_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._session is not None:
-            await self._session.close()
 
     def note(self) -> str | None:
         """Why the role differs from the topology's, if it does (for the status endpoint)."""
@@ -251,7 +241,6 @@ class Replication:
     async def _follow(self, upstream: NodeSpec) -> None:
         await self.authority.set_read_only(self._refusal(upstream))
         self.mirror = state = MirrorState(upstream.url, upstream.name)
-        assert self._session is not None
         puller = Mirror(
             self.authority, state, self._session, self._auth, check_epoch=self._check_epoch, epoch=lambda: self.epoch
         )
@@ -281,7 +270,6 @@ class Replication:
                 await asyncio.wait_for(self._checked_event.wait(), CHECK_WAIT)
 
     async def _peer_status(self, peer: NodeSpec) -> tuple[NodeSpec, str, int] | None:
-        assert self._session is not None
         try:
             reply = await HandleClient(self._session, timeout=PEER_TIMEOUT).request(
                 "GET", peer.url, "/api/replication/status", params={"digest": "false"}

@@ -24,7 +24,7 @@ from resolver.config import NodeSpec, Topology
 from resolver.errors import ConfigError, HandleError
 from resolver.names import prefix_handle
 
-__all__ = ["NodeProcess", "seed", "start_nodes", "stop_nodes", "up"]
+__all__ = ["NodeProcess", "seed_running_nodes", "start_nodes", "stop_nodes", "up"]
 
 # A node opens its SQLite file and binds its port in well under a second; 30 s leaves room for a
 # slow disk or a loaded CI machine before we call it broken.
@@ -113,7 +113,7 @@ async def wait_reachable(session: aiohttp.ClientSession, specs: list[NodeSpec], 
             await asyncio.sleep(0.2)
 
 
-def seed(topology: Topology, data_dir: Path, console: Console, *, demo: bool, timeout: float) -> int:
+def seed_running_nodes(topology: Topology, data_dir: Path, console: Console, *, demo: bool, timeout: float) -> int:
     """Register delegations, hosted prefixes and (optionally) demo data on nodes already running."""
     secrets = operator_secrets(data_dir.resolve(), [n.name for n in topology.primaries()])
 

@@ -13,7 +13,7 @@ from resolver.client import HandleClient, basic_auth
 from resolver.config import NodeSpec, Topology
 from resolver.errors import HandleError
 from resolver.names import prefix_handle
-from resolver.sites import site_data
+from resolver.sites import is_site_type, site_data
 
 __all__ = ["DEMO_CAR", "DEMO_PACK", "Seeded", "demo_records", "register_topology"]
 
@@ -154,7 +154,7 @@ async def register_topology(
         if parent is not None and child.prefix is not None:
             handle = prefix_handle(child.prefix)
             values = delegation_values(topology, child, parent)
-            sites = tuple(v["index"] for v in values if v["type"] == "HS_SITE")
+            sites = tuple(v["index"] for v in values if is_site_type(v["type"]))
             await _put(client, parent, secrets[parent.name], handle, values, refresh=sites)
             done.append(Seeded(parent.name, handle, f"delegates {child.prefix} to {child.name}"))
         for hosted in child.hosts:

@@ -11,16 +11,17 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from resolver.codec import JSON, MSGPACK, body_media_type, choose_media_type, decode, encode
-from resolver.errors import BodyTooLarge, HandleError, InvalidHandle, ProtocolError
+from resolver.errors import BodyTooLarge, HandleError, InvalidHandle, MethodNotAllowed, ProtocolError
 
 __all__ = [
     "HANDLES_PATH",
+    "Handler",
     "error_middleware",
     "error_response",
     "guarded",
     "handle_from_path",
-    "method_not_allowed",
     "query_bool",
+    "query_int",
     "query_ints",
     "read_body",
     "read_bytes",
@@ -51,36 +52,32 @@ def respond(
 
 def error_response(request: web.Request, exc: Exception) -> web.Response | None:
     """The Handle response for an error a handler raised: responseCode, HTTP status and a message,
-    never HTML. None for an aiohttp ``HTTPException`` that is not mapped (it is raised as it is)."""
+    never HTML. The one place where errors become HTTP: aiohttp's own exceptions are translated into
+    the error tree first. None for an aiohttp ``HTTPException`` that is not mapped (it is raised as it is)."""
     if isinstance(exc, HandleError):
-        if exc.handle is None and request.path.startswith(HANDLES_PATH) and len(request.path) > len(HANDLES_PATH):
+        error = exc
+        if error.handle is None and request.path.startswith(HANDLES_PATH) and len(request.path) > len(HANDLES_PATH):
             # An error about a value or a body still names the handle the client was writing.
             with contextlib.suppress(InvalidHandle):
-                exc.handle = handle_from_path(request)
-        headers = {"WWW-Authenticate": 'Basic realm="handle"'} if exc.http_status == 401 else None
-        return respond(request, exc.http_status, exc.to_body(), headers)
-    if isinstance(exc, web.HTTPRequestEntityTooLarge):
-        err = BodyTooLarge(f"request body too large: {exc.text}")
-        return respond(request, err.http_status, err.to_body())
-    if isinstance(exc, web.HTTPMethodNotAllowed):
-        return method_not_allowed(request, exc.allowed_methods)
-    if isinstance(exc, web.HTTPNotFound):
-        return respond(request, 405, {"responseCode": 4, "message": f"Unknown HTTP API endpoint {request.path}"})
-    if isinstance(exc, web.HTTPException):
+                error.handle = handle_from_path(request)
+    elif isinstance(exc, web.HTTPRequestEntityTooLarge):
+        error = BodyTooLarge(f"request body too large: {exc.text}")
+    elif isinstance(exc, web.HTTPMethodNotAllowed):
+        error = _method_not_allowed(request, exc.allowed_methods)
+    elif isinstance(exc, web.HTTPNotFound):
+        error = MethodNotAllowed(f"Unknown HTTP API endpoint {request.path}")  # HANDLE.NET's answer
+    elif isinstance(exc, web.HTTPException):
         return None
-    log.error("internal error on %s %s", request.method, request.path_qs, exc_info=exc)
-    return respond(request, 500, {"responseCode": 2, "message": "internal error (logged on the node)"})
+    else:
+        log.error("internal error on %s %s", request.method, request.path_qs, exc_info=exc)
+        error = HandleError("internal error (logged on the node)")
+    headers = {"WWW-Authenticate": 'Basic realm="handle"'} if error.http_status == 401 else None
+    return respond(request, error.http_status, error.to_body(), headers)
 
 
-def method_not_allowed(request: web.Request, allowed: Iterable[str]) -> web.Response:
-    return respond(
-        request,
-        405,
-        {
-            "responseCode": 4,
-            "message": f"method {request.method} is not allowed on {request.path} "
-            f"(allowed: {', '.join(sorted(allowed))})",
-        },
+def _method_not_allowed(request: web.Request, allowed: Iterable[str]) -> MethodNotAllowed:
+    return MethodNotAllowed(
+        f"method {request.method} is not allowed on {request.path} (allowed: {', '.join(sorted(allowed))})"
     )
 
 

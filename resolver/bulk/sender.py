@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +20,9 @@ import aiohttp
 import msgpack
 
 from resolver.auth import is_hashed, verify_secret
+from resolver.backoff import backoff_delay
 from resolver.bulk.reader import Batch, Rejected
-from resolver.client import HandleClient, basic_auth, error_reason
+from resolver.client import HandleClient, basic_auth, describe_failure
 from resolver.codec import MSGPACK
 from resolver.errors import HandleError, UpstreamError
 from resolver.values import HandleValue, value_from_wire
@@ -46,7 +46,8 @@ class RetryPolicy:
     timeout: float = 120.0  # per batch: 10,000 operations on a busy SQLite node can take seconds
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        """Seconds before retry ``attempt`` (from 1), with jitter so that senders do not retry in step."""
+        return backoff_delay(attempt, first=self.backoff, cap=self.max_backoff, jitter=0.5)
 
 
 @dataclass(slots=True)
@@ -163,7 +164,7 @@ class BatchSender:
                     reply = decode_reply(await resp.read(), resp.content_type, batch.count)
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                problem = error_reason(exc)
+                _, problem = describe_failure(exc)
             else:
                 verdict = self._problem(status, reply)
                 if verdict is None:
@@ -229,7 +230,7 @@ class BatchSender:
                 try:
                     reply = await self._client.get(self._server, handle, authorization=self._auth)
                 except UpstreamError as exc:
-                    problem = exc.attempts[-1][1] if exc.attempts else exc.message
+                    problem = exc.attempts[-1].reason if exc.attempts else exc.message
                 else:
                     if reply.status < 500:
                         stored = reply.body.get("values")

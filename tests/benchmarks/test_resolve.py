@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from aiohttp.web import Application, Request
 
 from benchmarks.baseline import create_baseline_app
 from benchmarks.failover import SCENARIOS, Sample, analyse, per_second
@@ -27,8 +25,6 @@ from benchmarks.topology import AUTOMAKER_MIRROR, COLD_RECURSIVE, topology_text
 from nodes.running.topology_file import DEFAULT_TOPOLOGY
 from resolver.codec import JSON, encode
 from resolver.config import parse_topology
-from resolver.names import parse_handle
-from resolver.values import HandleValue
 
 WRK_TEXT = """Running 10s test @ http://127.0.0.1:8000
   1 threads and 64 connections
@@ -183,92 +179,3 @@ def test_failover_analysis_finds_the_kill_second_the_backup_and_the_return() -> 
     assert [r["second"] for r in rows] == [0, 1, 2]
     assert rows[0]["by_primary"] == 100 and rows[1]["by_backup"] == 100 and rows[1]["failed"] == 1
     assert rows[1]["p50_ms"] == pytest.approx(3.0)
-
-
-# -- the recursive node's hot path, as reshaped for the resolve benchmark ------------------------------
-
-
-async def _recursive_client() -> TestClient[Request, Application]:
-    from nodes.recursive.app import RecursiveConfig, create_recursive_app
-    from resolver.config import parse_topology as parse
-
-    topology = parse(tomllib.loads(topology_text(DEFAULT_TOPOLOGY.read_text(), cold=False)))
-    spec = topology.node("recursive")
-    # Upstream tries fail fast: the roots are free ports nobody listens on.
-    config = RecursiveConfig(spec, topology, cache=spec.cache)
-    client = TestClient(TestServer(create_recursive_app(config)))
-    await client.start_server()
-    return client
-
-
-def _cache_of(client: TestClient[Request, Application]) -> Any:
-    from nodes.recursive.app import RECURSIVE
-
-    return client.server.app[RECURSIVE]  # type: ignore[union-attr]
-
-
-CAR = "88.118.8/VIN-HOT-1"
-CAR_VALUES = (HandleValue(1, "URL", "string", "https://e.cn/1"), HandleValue(2, "MODEL", "string", "CQ-EV7"))
-
-
-async def test_a_hit_answers_the_same_bytes_before_and_after_the_hot_path_knows_it() -> None:
-    client = await _recursive_client()
-    try:
-        resolver = _cache_of(client)
-        resolver.cache.store_answer(parse_handle(CAR).key, CAR_VALUES)
-        resolver.cache.store_not_found(parse_handle("88.118.8/GONE").key)
-        first = await client.get(f"/api/handles/{CAR}")
-        second = await client.get(f"/api/handles/{CAR}")
-        assert first.status == second.status == 200
-        assert await first.read() == await second.read()
-        assert json.loads(await second.read())["handle"] == CAR
-        for _ in range(2):
-            gone = await client.get("/api/handles/88.118.8/GONE")
-            assert gone.status == 404 and json.loads(await gone.read())["responseCode"] == 100
-        pretty = await client.get(f"/api/handles/{CAR}?pretty=true")
-        assert "\n  " in await pretty.text()
-        packed = await client.get(f"/api/handles/{CAR}", headers={"Accept": "application/msgpack"})
-        assert packed.headers["Content-Type"] == "application/msgpack"
-        metrics = parse_prometheus(await (await client.get("/metrics")).text())
-        assert metrics[("idres_requests_total", (("method", "GET"), ("status", "200")))] == 4
-        assert metrics[("idres_requests_total", (("method", "GET"), ("status", "404")))] == 2
-        assert metrics[("idres_resolutions_total", (("outcome", "answer"),))] == 4
-    finally:
-        await client.close()
-
-
-async def test_credentials_and_near_expiry_still_leave_the_hot_path() -> None:
-    client = await _recursive_client()
-    try:
-        resolver = _cache_of(client)
-        entry = resolver.cache.store_answer(parse_handle(CAR).key, CAR_VALUES)
-        assert (await client.get(f"/api/handles/{CAR}")).status == 200  # now known to the hot path
-        refreshed: list[str] = []
-        resolver.prefetch = lambda handle: refreshed.append(handle.text)
-        entry.prefetch_at = 0.0  # a hot entry in the last part of its TTL
-        assert (await client.get(f"/api/handles/{CAR}")).status == 200
-        assert refreshed == [CAR], "the hot path starts the background refresh"
-        auth = {"Authorization": "Basic eDp5"}
-        forwarded = await client.get(f"/api/handles/{CAR}", headers=auth)
-        assert forwarded.status >= 500, "credentials go to the primary (unreachable here), never to the cache"
-        assert json.loads(await forwarded.read())["responseCode"] == 2
-    finally:
-        await client.close()
-
-
-async def test_unknown_routes_and_methods_answer_as_the_error_middleware_does() -> None:
-    client = await _recursive_client()
-    try:
-        resp = await client.get("/no/such/thing")
-        body = json.loads(await resp.read())
-        assert resp.status == 405 and body["responseCode"] == 4 and "Unknown HTTP API endpoint" in body["message"]
-        resp = await client.post(f"/api/handles/{CAR}", data=b"{}")
-        body = json.loads(await resp.read())
-        assert resp.status == 405 and "allowed: DELETE, GET, PUT" in body["message"]
-        resp = await client.get("/api/handles/not-a-handle")
-        body = json.loads(await resp.read())
-        assert resp.status == 400 and body["responseCode"] == 102
-        metrics = parse_prometheus(await (await client.get("/metrics")).text())
-        assert metrics[("idres_requests_total", (("method", "POST"), ("status", "405")))] == 1
-    finally:
-        await client.close()

@@ -16,11 +16,11 @@ import pytest
 
 from resolver.client import basic_auth
 from resolver.storage import SQLiteStorage
-from tests.integration.conftest import copy_topology, urls_of
-from tests.integration.test_crash import SECRET, serve, wait_healthy
+from tests.processes import copy_topology, serve_node, urls_of, wait_healthy
 
 pytestmark = pytest.mark.integration
 
+SECRET = "batch-crash-test-secret"
 WRITERS = 4
 BATCH = 2500  # ~320 KB bodies: prepared by the node's worker processes (nodes.authoritative.batch.workers)
 KILL_AFTER = 12  # acknowledged batches
@@ -100,9 +100,9 @@ async def test_kill_9_during_batches_loses_no_acknowledged_item(tmp_path: Path) 
     topology = copy_topology(tmp_path / "topology.toml")
     data = tmp_path / "data"
     url = urls_of(topology)["automaker"]
-    node = serve(topology, data)
+    node = serve_node(topology, data, admin_secret=SECRET)
     try:
-        await asyncio.to_thread(wait_healthy, url)
+        await asyncio.to_thread(wait_healthy, url, node)
         workers: set[int] = set()
 
         async def watch() -> None:  # the node's worker processes, seen while it runs
@@ -124,9 +124,9 @@ async def test_kill_9_during_batches_loses_no_acknowledged_item(tmp_path: Path) 
         await asyncio.sleep(0.1)
     assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "a batch worker outlived the killed node"
 
-    node = serve(topology, data)  # a restart recovers the WAL
+    node = serve_node(topology, data, admin_secret=SECRET)  # a restart recovers the WAL
     try:
-        await asyncio.to_thread(wait_healthy, url)
+        await asyncio.to_thread(wait_healthy, url, node)
         async with aiohttp.ClientSession() as session:
             for handle in (handles[-1] for handles in acked.values()):
                 async with session.get(f"{url}/api/handles/{handle}") as r:

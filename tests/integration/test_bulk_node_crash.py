@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -10,14 +11,30 @@ import pytest
 
 from resolver.bulk.register import load_checkpoint
 from resolver.bulk.sender import same_values
-from tests.integration.conftest import copy_topology, urls_of
-from tests.integration.test_crash import SECRET, serve, wait_healthy
-from tests.resolver.bulk.test_register import COLUMNS, bare, health, idres, stored, write_csv
+from tests.processes import (
+    copy_topology,
+    health,
+    serve_node,
+    spawn_idres,
+    stop_node,
+    stored_values,
+    urls_of,
+    wait_healthy,
+)
+from tests.resolver.bulk.cars import sent_values, write_csv
 
 pytestmark = pytest.mark.integration
 
+SECRET = "bulk-crash-test-secret"
 RECORDS = 40_000
 BATCH = 2_500  # ~450 KB bodies: prepared by the node's worker processes
+
+
+def last_seq(url: str) -> int:
+    found = health(url)
+    assert found is not None, f"{url} is not healthy"
+    seq: int = found["lastSeq"]
+    return seq
 
 
 def test_kill_9_the_node_halfway_and_the_load_completes_exactly_once(tmp_path: Path) -> None:
@@ -26,13 +43,13 @@ def test_kill_9_the_node_halfway_and_the_load_completes_exactly_once(tmp_path: P
     url = urls_of(topology)["automaker"]
     path = tmp_path / "cars.csv"
     rows = write_csv(path, RECORDS)
-    node = serve(topology, data)
-    loader = None
+    node = serve_node(topology, data, admin_secret=SECRET)
+    loader: subprocess.Popen[str] | None = None
     try:
-        wait_healthy(url)
-        first_seq = health(url)["lastSeq"]  # type: ignore[index]
+        wait_healthy(url, node)
+        first_seq = last_seq(url)
         args = [str(path), "--server", url, "--user", "300:0.NA/88.118.8", "--batch-size", str(BATCH)]
-        loader = idres(*args, secret=SECRET)
+        loader = spawn_idres("register", *args, secret=SECRET)
         checkpoint = path.with_name("cars.csv.idres-checkpoint")
         deadline = time.monotonic() + 60
         while (found := load_checkpoint(checkpoint)) is None or found.lines < RECORDS // 3:
@@ -42,21 +59,21 @@ def test_kill_9_the_node_halfway_and_the_load_completes_exactly_once(tmp_path: P
         assert node.wait(timeout=10) == -signal.SIGKILL
         acknowledged = load_checkpoint(checkpoint)
         assert acknowledged is not None and acknowledged.lines < RECORDS
-        node = serve(topology, data)  # within the loader's retry window: it carries on by itself
-        wait_healthy(url)
+        node = serve_node(topology, data, admin_secret=SECRET)  # within the loader's retry window: it carries on
+        wait_healthy(url, node)
         out, err = loader.communicate(timeout=300)
         if loader.returncode != 0:  # it gave up meanwhile: running it again completes the load
-            loader = idres(*args, "--resume", secret=SECRET)
+            loader = spawn_idres("register", *args, "--resume", secret=SECRET)
             out, err = loader.communicate(timeout=300)
         assert loader.returncode == 0, (out, err)
         assert "rejected 0" in out
         # Each create is one change-log entry: exactly RECORDS more means none landed twice, none is missing.
-        assert health(url)["lastSeq"] == first_seq + RECORDS  # type: ignore[index]
+        assert last_seq(url) == first_seq + RECORDS
         for row in (*rows[: acknowledged.lines - 1 : 997], rows[-1]):  # line 1 of the file is the header
-            sent = [bare(i, t, v) for i, (t, v) in enumerate(zip(COLUMNS, row[1:], strict=True), 1) if v]
-            assert same_values(sent, stored(url, row[0])), f"{row[0]} was acknowledged before the kill"
+            assert same_values(sent_values(row), stored_values(url, row[0])), (
+                f"{row[0]} was acknowledged before the kill"
+            )
     finally:
         if loader is not None and loader.poll() is None:
             loader.kill()
-        node.terminate()
-        node.wait(timeout=20)
+        stop_node(node)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,45 +13,12 @@ import pytest
 
 from resolver.client import basic_auth
 from resolver.storage import SQLiteStorage
-from tests.integration.conftest import copy_topology, get_json, urls_of
+from tests.processes import copy_topology, serve_node, urls_of, wait_healthy
 
 pytestmark = pytest.mark.integration
 
 SECRET = "crash-test-secret"
 WRITERS = 8
-
-
-def serve(topology: Path, data: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "IDRES_ADMIN_SECRET": SECRET}
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "nodes",
-            "serve",
-            "--node",
-            "automaker",
-            "--topology",
-            str(topology),
-            "--data",
-            str(data),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-
-
-def wait_healthy(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if get_json(url + "/healthz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{url} did not become healthy")
 
 
 async def write_until_killed(url: str, node: subprocess.Popen[bytes], kill_after: int) -> set[str]:
@@ -88,9 +52,9 @@ async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
     topology = copy_topology(tmp_path / "topology.toml")
     data = tmp_path / "data"
     url = urls_of(topology)["automaker"]
-    node = serve(topology, data)
+    node = serve_node(topology, data, admin_secret=SECRET)
     try:
-        await asyncio.to_thread(wait_healthy, url)
+        await asyncio.to_thread(wait_healthy, url, node)
         acked = await write_until_killed(url, node, kill_after=300)
         assert node.wait(timeout=10) == -signal.SIGKILL
     finally:
@@ -98,9 +62,9 @@ async def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
             node.kill()
     assert len(acked) >= 300
 
-    node = serve(topology, data)
+    node = serve_node(topology, data, admin_secret=SECRET)
     try:
-        await asyncio.to_thread(wait_healthy, url)
+        await asyncio.to_thread(wait_healthy, url, node)
         async with aiohttp.ClientSession() as session:
             for handle in sorted(acked):
                 async with session.get(f"{url}/api/handles/{handle}") as r:

@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from rich.console import Console
 
-from nodes.running.launcher import NodeProcess, seed, start_nodes, stop_nodes
+from nodes.running.launcher import NodeProcess, seed_running_nodes, start_nodes, stop_nodes
 from nodes.running.seeding import DEMO_CAR
 from nodes.running.topology_file import load_topology
 from resolver.client import basic_auth
 from resolver.config import Topology
-from tests.integration.conftest import copy_topology, get_json, request
+from tests.processes import copy_topology, get_json, request, serve_node, wait_healthy, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,35 +41,8 @@ class Tree:
 
     def restart(self, name: str) -> None:
         node = next(n for n in self.nodes if n.spec.name == name)
-        node.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "nodes",
-                "serve",
-                "--node",
-                name,
-                "--topology",
-                str(self.path),
-                "--data",
-                str(self.data),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(lambda: get_json(self.url(name) + "/healthz")[0] == 200, f"{name} restarted")
-
-
-def wait_for(check: object, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():  # type: ignore[operator]
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+        node.process = serve_node(self.path, self.data, name, admin_secret=SECRET)
+        wait_healthy(self.url(name), node.process)
 
 
 @pytest.fixture
@@ -81,7 +53,7 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tree]:
     data = tmp_path / "data"
     nodes = start_nodes(topology, path, data)
     try:
-        assert seed(topology, data, Console(quiet=True), demo=True, timeout=30) == 0
+        assert seed_running_nodes(topology, data, Console(quiet=True), demo=True, timeout=30) == 0
         yield Tree(topology, path, data, nodes)
     finally:
         stop_nodes(nodes)
@@ -109,7 +81,7 @@ async def _put_serials(top: str) -> None:
 def test_recursive_node_rides_through_the_loss_of_chongqing(tree: Tree) -> None:
     chongqing, chengdu, recursive = tree.url("chongqing-top"), tree.url("chengdu-top"), tree.url("recursive")
     asyncio.run(_put_serials(chongqing))
-    wait_for(
+    wait_until(
         lambda: (
             get_json(f"{chengdu}/api/replication/status")[1].get("appliedSeq", 0)
             >= get_json(f"{chongqing}/healthz")[1]["lastSeq"]
@@ -126,7 +98,7 @@ def test_recursive_node_rides_through_the_loss_of_chongqing(tree: Tree) -> None:
         if status != 200:
             failures.append((status, body))
             return
-        answered_by.append(body["trace"][-1]["address"])  # type: ignore[index]
+        answered_by.append(body["trace"][-1]["address"])
 
     for i in range(100):
         resolve(i)
@@ -159,12 +131,14 @@ def test_dead_enterprise_node_cached_answers_stay_others_fail_fast(tree: Tree) -
 
     status, body = get_json(f"{recursive}/api/handles/{DEMO_CAR}")
     assert status == 200 and body["handle"] == DEMO_CAR, "a cached identifier still answers"
-    started = time.monotonic()
     status, body = get_json(f"{recursive}/api/handles/88.118.8/NOT-CACHED-1")
-    elapsed = time.monotonic() - started
     assert 500 <= status < 600 and body["responseCode"] == 2
-    assert automaker.removeprefix("http://") in str(body["message"]), body
-    assert elapsed < 4.0, f"the error took {elapsed:.1f} s; the deadline is 3 s"
+    message = str(body["message"])
+    assert "could not resolve 88.118.8/NOT-CACHED-1" in message, body
+    # Fast: the client is told at once that the dead node's port refuses connections, not that the
+    # request ran out of time waiting for it.
+    assert f"{automaker.removeprefix('http://')}: cannot connect" in message, body
+    assert "timed out" not in message, body
 
 
 def test_pyhandle_reads_and_writes_through_the_recursive_node(tree: Tree) -> None:
@@ -178,12 +152,12 @@ def test_pyhandle_reads_and_writes_through_the_recursive_node(tree: Tree) -> Non
     client.modify_handle_value(handle, MODEL="CQ-EV9")
     assert client.retrieve_handle_record(handle)["MODEL"] == "CQ-EV9", "the write invalidated the cached record"
     status, body = get_json(f"{tree.url('automaker')}/api/handles/{handle}")
-    assert status == 200 and any(v["data"]["value"] == "CQ-EV9" for v in body["values"])  # type: ignore[attr-defined]
+    assert status == 200 and any(v["data"]["value"] == "CQ-EV9" for v in body["values"])
     client.delete_handle(handle)
     assert client.retrieve_handle_record(handle) is None
 
 
-def _status(url: str) -> dict[str, object]:
+def _status(url: str) -> dict[str, Any]:
     return get_json(f"{url}/api/replication/status")[1]
 
 
@@ -203,9 +177,9 @@ def test_mirror_digest_matches_after_10000_writes(tree: Tree) -> None:
             await asyncio.gather(*(put(i) for i in range(10_000)))
 
     asyncio.run(write_many())
-    wait_for(lambda: _status(chengdu).get("digest") == _status(chongqing).get("digest"), "equal digests", 30)
+    wait_until(lambda: _status(chengdu).get("digest") == _status(chongqing).get("digest"), "equal digests", 30)
     primary, mirror = _status(chongqing), _status(chengdu)
-    assert primary["records"] == mirror["records"] and int(primary["records"]) > 10_000  # type: ignore[call-overload]
+    assert primary["records"] == mirror["records"] and int(primary["records"]) > 10_000
 
 
 def test_promote_chengdu_then_the_old_primary_refuses_writes(tree: Tree) -> None:
@@ -221,6 +195,11 @@ def test_promote_chengdu_then_the_old_primary_refuses_writes(tree: Tree) -> None
     tree.restart("chongqing-top")
     status, answer = request("PUT", f"{chongqing}/api/handles/88/SPLIT-BRAIN", body, auth)
     assert status == 503 and answer["responseCode"] == 7, answer
+    # It found chengdu-top promoted while it was down (or, had chengdu-top not answered yet, waits to know).
+    message = str(answer["message"])
+    assert "chongqing-top is no longer the primary: chengdu-top" in message or (
+        "checking for a promoted mirror" in message
+    ), answer
     # The old primary follows the new one.
-    wait_for(lambda: get_json(f"{chongqing}/api/handles/88/AFTER-PROMOTION")[0] == 200, "the old primary to follow")
+    wait_until(lambda: get_json(f"{chongqing}/api/handles/88/AFTER-PROMOTION")[0] == 200, "the old primary to follow")
     assert get_json(f"{chengdu}/api/handles/88/SPLIT-BRAIN")[0] == 404

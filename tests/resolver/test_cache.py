@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.cache import Cache, CacheConfig, CacheStats, Freshness
+from resolver.cache import Cache, CacheConfig, CacheStats, Entry, Found, Refresh, Stale
 from resolver.errors import ConfigError
 from resolver.values import HandleValue
 from tests.fakes import FakeClock
@@ -29,9 +29,21 @@ def make(clock: FakeClock | None = None, **config: Any) -> tuple[Cache, FakeCloc
     return Cache(CacheConfig(**config), clock), clock
 
 
-def freshness(cache: Cache, key: str = KEY) -> Freshness | None:
-    found = cache.lookup(key)
-    return None if found is None else found[1]
+def freshness(cache: Cache, key: str = KEY) -> str | None:
+    """What ``lookup`` finds, by name: "fresh", "refresh", "stale", or None (a miss)."""
+    match cache.lookup(key):
+        case Entry():
+            return "fresh"
+        case Refresh():
+            return "refresh"
+        case Stale():
+            return "stale"
+    return None
+
+
+def entry_of(found: Found | None) -> Entry:
+    assert found is not None, "a miss"
+    return found.entry if isinstance(found, Refresh | Stale) else found
 
 
 # -- TTLs ----------------------------------------------------------------------------------------------
@@ -42,9 +54,9 @@ def test_ttl_is_the_smallest_value_ttl() -> None:
     entry = cache.store_answer(KEY, (value(1, ttl=600), value(2, ttl=60), value(3, ttl=3600)))
     assert (entry.ttl, entry.expires) == (60, clock.now + 60)
     clock.advance(59.9)
-    assert freshness(cache) is Freshness.FRESH
+    assert freshness(cache) == "fresh"
     clock.advance(0.1)
-    assert freshness(cache) is Freshness.STALE
+    assert freshness(cache) == "stale"
 
 
 @pytest.mark.parametrize(("ttl", "expected"), [(0, 5.0), (3, 5.0), (100, 100.0), (10**9, 172_800.0)])
@@ -86,11 +98,11 @@ def test_hits_misses_and_negative_hits_are_counted() -> None:
     cache.store_answer(KEY, (value(),))
     cache.store_not_found("88.118.8/GONE")
     found = cache.lookup(KEY)
-    assert found is not None and found[0].values == (value(),)
+    assert entry_of(found).values == (value(),)
     gone = cache.lookup("88.118.8/GONE")
-    assert gone is not None and gone[0].values is None
+    assert entry_of(gone).values is None
     clock.advance(31)
-    assert freshness(cache, "88.118.8/GONE") is Freshness.STALE  # a miss: the driver must go upstream
+    assert freshness(cache, "88.118.8/GONE") == "stale"  # a miss: the driver must go upstream
     cache.served_stale()
     assert cache.stats == CacheStats(hits=2, misses=2, negative_hits=1, stale_served=1, insertions=2)
     assert cache.stats.as_dict()["negative_hits"] == 1
@@ -107,27 +119,46 @@ def test_least_recently_used_entry_is_evicted_first() -> None:
     cache.store_answer("d", (value(),))
     assert len(cache) == 3
     assert cache.lookup("b") is None
-    assert [freshness(cache, k) for k in "acd"] == [Freshness.FRESH] * 3
+    assert [freshness(cache, k) for k in "acd"] == ["fresh"] * 3
     cache.store_answer("c", (value(2),))  # replacing counts as use: a goes next
     cache.store_answer("e", (value(),))
     assert cache.lookup("a") is None
     assert cache.stats.evictions == 2
 
 
-def test_hits_counted_without_a_lookup_still_keep_an_entry_from_eviction() -> None:
+def test_bytes_served_without_a_lookup_still_keep_an_entry_from_eviction() -> None:
     cache, _ = make(max_entries=3)
-    cache.store_answer("a", (value(),))
-    held = cache.lookup("a")
-    assert held is not None
+    a = cache.store_answer("a", (value(),))
+    cache.keep_bytes("/api/handles/a", a, b"{a}")
     cache.store_answer("b", (value(),))
     cache.store_answer("c", (value(),))  # LRU order: a b c
-    held[0].hits += 1  # a served from a held reference (the recursive node's hot path), not moved
-    cache.count_fresh_hits(1)
+    assert cache.served_bytes("/api/handles/a") == (a, b"{a}")  # a hit that does not move a
     cache.store_answer("d", (value(),))
     assert cache.lookup("b") is None, "a was used after b: b is the least recently used"
-    assert [freshness(cache, k) for k in "acd"] == [Freshness.FRESH] * 3
-    assert held[0].live and cache.stats.evictions == 1
-    assert cache.stats.hits == 1 + 1 + 3
+    assert [freshness(cache, k) for k in "acd"] == ["fresh"] * 3
+    assert a.live and cache.stats.evictions == 1
+    assert cache.stats.hits == 1 + 3
+
+
+def test_kept_bytes_are_served_while_the_entry_is_fresh_and_not_near_expiry() -> None:
+    cache, clock = make(prefetch_fraction=0.1, negative_ttl=100)
+    entry = cache.store_answer(KEY, (value(ttl=100),))
+    gone = cache.store_not_found("88.118.8/GONE")
+    cache.keep_bytes("car", entry, b"car")
+    cache.keep_bytes("gone", gone, b"gone")
+    assert cache.served_bytes("car") == (entry, b"car") and cache.served_bytes("gone") == (gone, b"gone")
+    assert cache.served_bytes("never kept") is None
+    assert (cache.stats.hits, cache.stats.negative_hits, cache.stats.misses) == (2, 1, 0)
+    clock.advance(90)  # near expiry: lookup decides on the refresh, the bytes served counting as hits
+    assert cache.served_bytes("car") is None and freshness(cache) == "refresh"
+    newer = cache.store_answer(KEY, (value(2, ttl=100),))
+    assert cache.served_bytes("car") is None, "the kept body belongs to the entry it replaced"
+    cache.keep_bytes("car", newer, b"newer")
+    assert cache.served_bytes("car") == (newer, b"newer")
+    cache.invalidate(KEY)
+    assert cache.served_bytes("car") is None
+    cache.keep_bytes("car", newer, b"newer")  # an entry the cache no longer holds is not kept
+    assert cache.served_bytes("car") is None
 
 
 def test_an_entry_the_cache_no_longer_holds_is_not_live() -> None:
@@ -141,20 +172,19 @@ def test_an_entry_the_cache_no_longer_holds_is_not_live() -> None:
     evicted = cache.lookup("b")
     cache.store_answer("c", (value(),))
     assert replaced and invalidated and evicted
-    assert not (replaced[0].live or invalidated[0].live or evicted[0].live)
+    assert not (entry_of(replaced).live or entry_of(invalidated).live or entry_of(evicted).live)
     kept = cache.lookup("c")
-    assert kept is not None and kept[0].live
+    assert entry_of(kept).live
     assert not cache.detached_entry("d", (value(),)).live, "never held by the cache"
 
 
 def test_a_new_entry_is_never_the_one_evicted_to_make_room_for_itself() -> None:
     cache, _ = make(max_entries=1)
     cache.store_answer("a", (value(),))
-    held = cache.lookup("a")
-    assert held is not None
-    held[0].hits += 1  # hit since it last moved: it gets a second chance, but "b" must stay
-    cache.store_answer("b", (value(),))
-    assert cache.lookup("a") is None and freshness(cache, "b") == Freshness.FRESH
+    cache.keep_bytes("/api/handles/a", entry_of(cache.lookup("a")), b"{a}")
+    assert cache.served_bytes("/api/handles/a") is not None  # hit since it last moved: a second chance
+    cache.store_answer("b", (value(),))  # but "b" must stay
+    assert cache.lookup("a") is None and freshness(cache, "b") == "fresh"
 
 
 def test_not_found_entries_share_the_bound() -> None:
@@ -171,14 +201,14 @@ def test_not_found_entries_share_the_bound() -> None:
 def test_lifecycle_fresh_prefetch_once_stale_then_gone() -> None:
     cache, clock = make(prefetch_fraction=0.1, prefetch_min_hits=2, stale_window=1000)
     cache.store_answer(KEY, (value(ttl=100),))
-    assert freshness(cache) is Freshness.FRESH
+    assert freshness(cache) == "fresh"
     clock.advance(91)  # in the last 10% of the TTL, and this is the second hit
-    assert freshness(cache) is Freshness.PREFETCH
-    assert freshness(cache) is Freshness.FRESH  # the refresh is already under way
+    assert freshness(cache) == "refresh"
+    assert freshness(cache) == "fresh"  # the refresh is already under way
     clock.advance(9)
-    assert freshness(cache) is Freshness.STALE
+    assert freshness(cache) == "stale"
     clock.advance(999)
-    assert freshness(cache) is Freshness.STALE
+    assert freshness(cache) == "stale"
     clock.advance(1)
     assert cache.lookup(KEY) is None
     assert len(cache) == 0
@@ -189,8 +219,8 @@ def test_cold_entry_is_not_prefetched() -> None:
     cache, clock = make(prefetch_min_hits=2)
     cache.store_answer(KEY, (value(ttl=100),))
     clock.advance(95)
-    assert freshness(cache) is Freshness.FRESH  # only its first hit: let it expire
-    assert freshness(cache) is Freshness.PREFETCH  # now it is hot
+    assert freshness(cache) == "fresh"  # only its first hit: let it expire
+    assert freshness(cache) == "refresh"  # now it is hot
 
 
 def test_store_replaces_the_entry_and_resets_prefetch() -> None:
@@ -198,13 +228,13 @@ def test_store_replaces_the_entry_and_resets_prefetch() -> None:
     first = cache.store_answer(KEY, (value(ttl=100),))
     first.encoded[(KEY, "application/json")] = b"{}"
     clock.advance(95)
-    assert freshness(cache) is Freshness.PREFETCH
+    assert freshness(cache) == "refresh"
     second = cache.store_answer(KEY, (value(2, ttl=100),))
     assert second is not first and second.encoded == {} and not second.prefetching
     found = cache.lookup(KEY)
-    assert found == (second, Freshness.FRESH)
+    assert found is second
     clock.advance(95)
-    assert freshness(cache) is Freshness.PREFETCH  # the new entry may be refreshed once too
+    assert freshness(cache) == "refresh"  # the new entry may be refreshed once too
 
 
 def test_answer_replaces_not_found_and_back() -> None:
@@ -212,10 +242,10 @@ def test_answer_replaces_not_found_and_back() -> None:
     cache.store_not_found(KEY)
     cache.store_answer(KEY, (value(),))
     found = cache.lookup(KEY)
-    assert found is not None and found[0].values == (value(),)
+    assert entry_of(found).values == (value(),)
     cache.store_not_found(KEY)
     found = cache.lookup(KEY)
-    assert found is not None and found[0].values is None
+    assert entry_of(found).values is None
 
 
 def test_invalidate() -> None:
@@ -233,7 +263,7 @@ def test_non_public_values_are_never_cached() -> None:
     assert entry.values == (value(1, ttl=600),)
     assert entry.ttl == 600  # the dropped value's TTL does not count either
     found = cache.lookup(KEY)
-    assert found is not None and secret not in (found[0].values or ())
+    assert found is not None and secret not in (entry_of(found).values or ())
 
 
 # -- referrals -----------------------------------------------------------------------------------------
@@ -327,9 +357,8 @@ def test_cache_stays_bounded_and_never_serves_expired_as_fresh(
             case ("lookup", str(key)):
                 found = cache.lookup(key)
                 if found is not None:
-                    entry, state = found
-                    assert entry.key == key
-                    fresh = state is not Freshness.STALE
+                    assert entry_of(found).key == key
+                    fresh = not isinstance(found, Stale)
                     assert fresh == (clock.now < expiry[key])
                     assert clock.now < expiry[key] + 100
             case ("invalidate", str(key)):

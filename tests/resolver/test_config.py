@@ -1,9 +1,8 @@
-"""Topology parsing and the relations between nodes (resolver.config, nodes.running.topology_file)."""
+"""Topology parsing and the relations between nodes (resolver.config); the default topology file as parsed."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -72,22 +71,6 @@ def test_default_topology_roots_and_sites(default: Topology) -> None:
 def test_unknown_node_name(default: Topology) -> None:
     with pytest.raises(ConfigError, match=r"no node named .nowhere. in the topology \(nodes: .*chongqing-top, "):
         default.node("nowhere")
-
-
-def test_load_topology_errors_name_the_file(tmp_path: Path) -> None:
-    missing = tmp_path / "missing.toml"
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_topology(missing)
-    bad = tmp_path / "bad.toml"
-    bad.write_text("[nodes.a\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="is not valid TOML"):
-        load_topology(bad)
-    empty = tmp_path / "empty.toml"
-    empty.write_text("", encoding="utf-8")
-    with pytest.raises(ConfigError) as info:
-        load_topology(empty)
-    assert str(empty) in str(info.value)
-    assert "no [nodes.NAME] tables" in str(info.value)
 
 
 # -- parse_topology ----------------------------------------------------------------------------------------
@@ -197,7 +180,8 @@ def test_bad_listen(listen: Any, message: str) -> None:
 
 
 def test_unicode_digit_port_is_a_config_error() -> None:
-    config_error(with_node("x", {"role": "enterprise", "prefix": "88.118.7", "listen": "h:²"}))
+    message = config_error(with_node("x", {"role": "enterprise", "prefix": "88.118.7", "listen": "h:²"}))
+    assert message == "node 'x': port '²' is not a TCP port number"
 
 
 @pytest.mark.parametrize("role", [None, "primary", "TOP", 1])
@@ -263,7 +247,8 @@ def test_mirror_of_must_be_an_authoritative_primary(primary: str) -> None:
 
 
 def test_mirror_of_must_be_a_name() -> None:
-    config_error(with_node("x", {"mirror_of": 5, "listen": "h:1"}))
+    message = config_error(with_node("x", {"mirror_of": 5, "listen": "h:1"}))
+    assert message == "node 'x': mirror_of must be the name of a node, not 5"
 
 
 def test_unknown_keys() -> None:

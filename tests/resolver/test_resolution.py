@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resolver.errors import UpstreamError
+from resolver.errors import Attempt, FailureKind, UpstreamError
 from resolver.names import is_under, parse_handle
 from resolver.resolution import (
     Answer,
@@ -59,7 +59,8 @@ ANSWER = (200, {"responseCode": 1, "handle": VIN.text, "values": [value_to_wire(
 NOT_FOUND = (404, {"responseCode": 100, "handle": VIN.text, "message": "Handle Not Found"})
 TO_SECONDARY = (300, referral_body("88.118", SECONDARY))
 TO_ENTERPRISE = (300, referral_body("88.118.8", ENTERPRISE))
-REFUSED = Failure("connection refused")
+REFUSED = Failure(FailureKind.CANNOT_CONNECT, "cannot connect (Connection refused)")
+TIMED_OUT = Failure(FailureKind.TIMEOUT, "timed out")
 
 Reply = tuple[int, Mapping[str, Any]] | Failure
 
@@ -151,7 +152,8 @@ def test_failed_top_server_fails_over_to_the_mirror_in_the_same_request() -> Non
     queries = drive(r, clock, script)
     assert [q.server for q in queries] == [CHONGQING, CHENGDU, SECONDARY, ENTERPRISE]
     assert r.result == Answer((URL_VALUE,))
-    assert r.hops[0] == Hop(CHONGQING.url, "Chongqing top", "failure", pytest.approx(10.0), "connection refused")  # type: ignore[arg-type]
+    refused = "cannot connect (Connection refused)"
+    assert r.hops[0] == Hop(CHONGQING.url, "Chongqing top", "failure", pytest.approx(10.0), refused)  # type: ignore[arg-type]
     assert r.hops[1].description == "Chengdu top"
     assert upstreams.health(CHONGQING.url).fails == 1
     assert upstreams.health(CHENGDU.url).successes == 1
@@ -184,8 +186,8 @@ def test_all_servers_of_a_step_fail_and_the_error_lists_each_attempt() -> None:
     assert r.result is None
     assert isinstance(r.failed, UpstreamError)
     assert r.failed.attempts == (
-        (CHONGQING.url, "connection refused"),
-        (CHENGDU.url, "HTTP 503, responseCode 3: busy"),
+        Attempt(CHONGQING.url, FailureKind.CANNOT_CONNECT, "cannot connect (Connection refused)"),
+        Attempt(CHENGDU.url, FailureKind.SERVER_ERROR, "HTTP 503, responseCode 3: busy"),
     )
     assert "every server for the top-level node failed" in r.failed.message
     assert CHONGQING.url in r.failed.message and CHENGDU.url in r.failed.message
@@ -198,7 +200,9 @@ def test_lame_delegation_moves_to_the_next_server() -> None:
     r, _, clock = make()
     drive(r, clock, {CHONGQING.url: [lame], CHENGDU.url: [TO_SECONDARY], SECONDARY.url: [NOT_FOUND]})
     assert r.result == NotFound()
-    assert r.attempts == [(CHONGQING.url, "not responsible: prefix 88.118.8 is not served here")]
+    assert r.attempts == [
+        Attempt(CHONGQING.url, FailureKind.NOT_RESPONSIBLE, "not responsible: prefix 88.118.8 is not served here")
+    ]
 
 
 def test_no_http_server_to_ask() -> None:
@@ -214,9 +218,9 @@ def test_deadline_exhaustion_finishes_with_failure_and_no_query_outlives_it() ->
     config = UpstreamConfig(deadline=1.5, try_timeout=1.0)
     r, _, clock = make(config=config)
     script: dict[str, list[Reply]] = {
-        CHONGQING.url: [Failure("timeout")],
+        CHONGQING.url: [TIMED_OUT],
         CHENGDU.url: [TO_SECONDARY],
-        SECONDARY.url: [Failure("timeout")],
+        SECONDARY.url: [TIMED_OUT],
     }
     queries = []
     while (q := r.next_query()) is not None:
@@ -228,7 +232,7 @@ def test_deadline_exhaustion_finishes_with_failure_and_no_query_outlives_it() ->
     assert [q.timeout for q in queries] == [pytest.approx(1.0), pytest.approx(0.5)]
     assert [q.server for q in queries] == [CHONGQING, CHENGDU]
     assert r.failed is not None and "deadline of 1.5 s passed" in r.failed.message
-    assert r.failed.attempts == ((CHONGQING.url, "timeout"),)
+    assert r.failed.attempts == (Attempt(CHONGQING.url, FailureKind.TIMEOUT, "timed out"),)
 
 
 def test_try_timeout_adapts_only_when_there_is_a_server_to_fail_over_to() -> None:
@@ -237,7 +241,7 @@ def test_try_timeout_adapts_only_when_there_is_a_server_to_fail_over_to() -> Non
     upstreams.success(CHENGDU.url, 0.02)
     q = r.next_query()
     assert q is not None and q.server == CHONGQING and q.timeout == pytest.approx(0.08)
-    r.on_outcome(q, Failure("timeout"), 0.08)
+    r.on_outcome(q, TIMED_OUT, 0.08)
     q = r.next_query()
     assert q is not None and q.server == CHENGDU and q.timeout == pytest.approx(1.0)  # the last one: full try
 
@@ -250,7 +254,9 @@ def test_referral_loop_is_rejected_and_the_next_server_asked() -> None:
     loop = (300, referral_body("88.118", SECONDARY))
     drive(r, clock, {SECONDARY.url: [loop], "http://127.0.0.1:8201": [TO_ENTERPRISE], ENTERPRISE.url: [ANSWER]})
     assert r.result == Answer((URL_VALUE,))
-    assert r.attempts == [(SECONDARY.url, "bad referral: prefix 88.118 again (a referral loop)")]
+    assert r.attempts == [
+        Attempt(SECONDARY.url, FailureKind.BAD_REFERRAL, "bad referral: prefix 88.118 again (a referral loop)")
+    ]
     assert r.hops[0].outcome == "failure"
     assert upstreams.health(SECONDARY.url).fails == 1
     assert [ref.prefix for ref in r.referrals] == ["88.118.8"]
@@ -272,7 +278,8 @@ def test_referral_elsewhere_is_rejected(start: str | None, prefix: str, why: str
         r = Resolution(VIN, [CHONGQING], r.upstreams, clock=clock)
     drive(r, clock, {server.url: [(300, referral_body(prefix, ENTERPRISE))]})
     assert r.result is None and r.failed is not None
-    assert r.failed.attempts == ((server.url, why),)
+    assert r.failed.attempts == (Attempt(server.url, FailureKind.BAD_REFERRAL, why),)
+    assert why in r.failed.message
 
 
 def test_max_referrals() -> None:
@@ -321,19 +328,24 @@ def test_classify_answer_keeps_values_and_their_timestamps() -> None:
     assert classify(200, {"responseCode": 1, "values": [wire]}) == Answer((URL_VALUE,))
 
 
+NOT_RESPONSIBLE, SERVER, BAD = FailureKind.NOT_RESPONSIBLE, FailureKind.SERVER_ERROR, FailureKind.BAD_ANSWER
+
+
 def test_classify_every_reply_shape() -> None:
     assert classify(*ANSWER) == Answer((URL_VALUE,))
     assert classify(200, {"responseCode": 200, "values": []}) == Answer(())
     assert classify(*NOT_FOUND) == NotFound()
     assert classify(*TO_SECONDARY) == Referral("88.118", tuple(sites(SECONDARY)))
-    assert classify(400, {"responseCode": 301, "message": "no"}) == Failure("not responsible: no")
-    assert classify(500, {"responseCode": 2, "message": "boom"}) == Failure("HTTP 500, responseCode 2: boom")
-    assert classify(502, {}) == Failure("HTTP 502, responseCode None: (no message)")
-    assert classify(401, {"responseCode": 402, "message": "creds"}) == Failure("HTTP 401, responseCode 402: creds")
+    assert classify(400, {"responseCode": 301, "message": "no"}) == Failure(NOT_RESPONSIBLE, "not responsible: no")
+    assert classify(500, {"responseCode": 2, "message": "boom"}) == Failure(SERVER, "HTTP 500, responseCode 2: boom")
+    assert classify(502, {}) == Failure(SERVER, "HTTP 502, responseCode None: (no message)")
+    assert classify(401, {"responseCode": 402, "message": "creds"}) == Failure(BAD, "HTTP 401, responseCode 402: creds")
     # a status and code that do not belong together
-    assert classify(200, {"responseCode": 100}) == Failure("HTTP 200, responseCode 100: (no message)")
-    assert classify(404, {"responseCode": 1, "values": []}) == Failure("HTTP 404, responseCode 1: (no message)")
-    assert classify(200, {"responseCode": True, "values": []}) == Failure("HTTP 200, responseCode None: (no message)")
+    assert classify(200, {"responseCode": 100}) == Failure(BAD, "HTTP 200, responseCode 100: (no message)")
+    assert classify(404, {"responseCode": 1, "values": []}) == Failure(BAD, "HTTP 404, responseCode 1: (no message)")
+    assert classify(200, {"responseCode": True, "values": []}) == Failure(
+        BAD, "HTTP 200, responseCode None: (no message)"
+    )
     assert classify(500, {"message": "x" * 300}).reason.endswith("x…")  # type: ignore[union-attr]
 
 
@@ -350,9 +362,10 @@ def test_classify_referral_normalises_the_prefix_and_keeps_only_site_values() ->
 def test_classify_referral_without_an_http_server_is_a_failure() -> None:
     body = referral_body("88.118", SECONDARY)
     body["values"][0]["data"]["value"]["servers"][0]["interfaces"][0]["protocol"] = "TCP"
-    assert classify(300, body) == Failure("the referral to prefix 88.118 names no HTTP server")
+    no_server = Failure(FailureKind.BAD_REFERRAL, "the referral to prefix 88.118 names no HTTP server")
+    assert classify(300, body) == no_server
     body["values"] = []
-    assert classify(300, body) == Failure("the referral to prefix 88.118 names no HTTP server")
+    assert classify(300, body) == no_server
 
 
 @pytest.mark.parametrize(
@@ -374,7 +387,15 @@ def test_classify_referral_without_an_http_server_is_a_failure() -> None:
 def test_classify_malformed_bodies(status: int, body: Any, reason: str) -> None:
     outcome = classify(status, body)
     assert isinstance(outcome, Failure)
+    assert outcome.kind is FailureKind.BAD_ANSWER
     assert outcome.reason.startswith(reason)
+
+
+def test_failure_of_a_transport_error_keeps_its_kind_and_reason() -> None:
+    error = UpstreamError.one(CHONGQING.url, FailureKind.TIMEOUT, "timed out", what="GET /api/handles/88.118.8/VIN-1")
+    assert Failure.of(error) == TIMED_OUT
+    assert error.message == f"GET /api/handles/88.118.8/VIN-1 failed: {CHONGQING.url}: timed out"
+    assert Failure.of(UpstreamError("nobody said why")) == Failure(FailureKind.BAD_ANSWER, "nobody said why")
 
 
 # -- properties ------------------------------------------------------------------------------------
@@ -384,7 +405,7 @@ POOL = [SiteServer(f"http://10.0.0.{i}:80", i % 2 == 0, f"node {i}") for i in ra
 PREFIXES = ["88", "88.1", "88.1.2", "88.1.2.3", "88.1.2.3.4", "88.2", "88.1.2.3.4.5"]
 
 outcomes = st.one_of(
-    st.just(Failure("timeout")),
+    st.just(TIMED_OUT),
     st.just(Answer(())),
     st.just(NotFound()),
     st.builds(
@@ -420,7 +441,7 @@ def test_any_script_terminates_and_never_repeats_a_server_in_a_step(
             steps, asked_in_step = len(r.referrals), set()
         assert q.server.url not in asked_in_step
         asked_in_step.add(q.server.url)
-        outcome, rtt = next(replies, (Failure("timeout"), 0.3))
+        outcome, rtt = next(replies, (TIMED_OUT, 0.3))
         clock.now += rtt
         r.on_outcome(q, outcome, rtt)
     assert r.finished

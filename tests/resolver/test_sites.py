@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.sites import SiteServer, site_data, site_servers, site_value
+from resolver.sites import SiteServer, is_site_type, is_site_value, site_data, site_servers, site_value
 from resolver.values import DEFAULT_TTL, HandleValue, value_from_wire, value_to_wire
 
 
@@ -116,6 +116,15 @@ def test_site_servers_ignores_values_that_are_not_sites() -> None:
         SiteServer("http://10.0.0.1:8100", True, "d"),
         SiteServer("http://10.0.0.6:81", False, "six"),
     ]
+
+
+def test_one_predicate_says_what_a_site_value_is() -> None:
+    data = site_data("10.0.0.1", 8100, primary=True, description="d")
+    for name in ("HS_SITE", "hs_site", "HS_SITE.6", "HS_SITE.PREFIX"):
+        assert is_site_type(name) and is_site_value(HandleValue(1, name, "site", data)), name
+    assert not is_site_type("SITE") and not is_site_type("HS_ADMIN")
+    assert not is_site_value(HandleValue(1, "HS_SITE", "string", "10.0.0.9:80")), "site data is needed too"
+    assert not is_site_value(HandleValue(1, "SITE", "site", data))
 
 
 def test_no_sites_no_servers() -> None:

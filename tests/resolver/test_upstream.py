@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resolver.errors import ConfigError
 from resolver.sites import SiteServer
 from resolver.upstream import ServerHealth, UpstreamConfig, Upstreams
 from tests.fakes import FakeClock
@@ -179,12 +180,16 @@ def test_health_and_snapshot_are_copies() -> None:
 
 
 def test_config_is_checked() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="max_fails must be 0"):
         UpstreamConfig(max_fails=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="min_try_timeout <= try_timeout <= deadline"):
         UpstreamConfig(min_try_timeout=2.0, try_timeout=1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="srtt_alpha"):
         UpstreamConfig(srtt_alpha=0)
+    with pytest.raises(ConfigError, match="srtt_decay"):
+        UpstreamConfig(srtt_decay=1.0)
+    with pytest.raises(ConfigError, match="must be positive"):
+        UpstreamConfig(probe_interval=0)
 
 
 @given(st.lists(st.tuples(st.sampled_from([CHONGQING, CHENGDU, OTHER]), st.none() | st.floats(0, 5))))

@@ -1,12 +1,12 @@
 """Preparing ``POST /api/batch`` operations: decoding, validating and packing, with no I/O.
 
-Each raw operation becomes an ``Op`` (valid so far: what it does is decided later, under the write
-lock, by ``nodes.authoritative.batch.endpoint``) or its failure result. This is the part of a batch that costs CPU per
+Each raw operation becomes a ``WriteOp`` (valid so far: what it does is decided later, under the
+write lock, by ``nodes.authoritative.writes``) or its failure result. This is the part of a batch that costs CPU per
 identifier, so it runs either in the node's event loop, a chunk at a time, or whole in a worker
 process (``nodes.authoritative.batch.workers``): ``prepare_body`` is the worker's entry point. Either way the result is
-a ``Prepared``: failures, the plain creates bulk loads are made of as columns (``Creates``, decided
-without an ``Op`` each), and the rest as tuples (``Op.to_wire``/``Op.from_wire``); all of it plain
-lists, cheap to send between processes.
+a ``Prepared``: failures, the plain creates bulk loads are made of as columns (``PlainCreates``,
+decided without a ``WriteOp`` each), and the rest as tuples (``WriteOp.to_wire``/``from_wire``); all
+of it plain lists, cheap to send between processes.
 
 *validate*: identifiers through a memo of valid prefixes (``parse_handle`` decides the rest), values
 of the common kind through ``values.simple_value_rows`` straight into the stored layout (no
@@ -23,21 +23,18 @@ from typing import Any, NamedTuple
 
 import msgpack
 
+from nodes.authoritative.write_ops import BATCH_KINDS, PlainCreates, WireOp, WriteOp, failure
 from resolver.auth import hash_secret_values
-from resolver.codec import Malformed, batch_operations, pack_rows, row_packer, row_value, unpack_rows, value_row
+from resolver.codec import Malformed, batch_operations, pack_rows, row_packer
 from resolver.errors import HandleError, InvalidHandle
 from resolver.limits import Limits
 from resolver.names import MAX_HANDLE_LENGTH, Handle, parse_handle
 from resolver.records import parse_put_body
-from resolver.values import HandleValue, simple_value_rows
+from resolver.values import simple_value_rows
 
 __all__ = [
     "CHUNK",
-    "KINDS",
-    "Creates",
-    "Op",
     "Prepared",
-    "failure",
     "hash_secrets",
     "pack_op",
     "prepare_body",
@@ -47,67 +44,6 @@ __all__ = [
 
 # Operations decoded and validated between two yields to the event loop: ~3 ms of work here.
 CHUNK = 250
-KINDS = ("create", "upsert", "delete")
-# Flags of Op.to_wire.
-_PREFIX_HANDLE, _SIMPLE, _SECRET = 1, 2, 4
-# Op.to_wire(): kind, text, key, zone, flags, packed values.
-WireOp = tuple[str, str, str, str, int, "bytes | None"]
-
-
-class Op:
-    """One valid operation, waiting for the decision under the write lock."""
-
-    __slots__ = (
-        "blob", "handle", "key", "kind", "position", "prefix_handle", "rows", "secret", "simple", "text", "values",
-        "zone",
-    )  # fmt: skip
-
-    def __init__(self, position: int, kind: str, text: str, key: str, zone: str, handle: Handle | None) -> None:
-        self.position, self.kind, self.text, self.key, self.zone = position, kind, text, key, zone
-        self.handle = handle  # parsed for a prefix handle, else built when needed (handle_of)
-        self.prefix_handle = handle is not None  # 0.NA/...: takes the slow paths
-        # A put's values: rows in the stored layout, HandleValues, the packed blob. Once packed, the
-        # rows of the common kind are dropped (fewer live objects for the garbage collector to
-        # walk) and come back from the blob if a later operation of the batch needs them.
-        self.rows: list[list[Any]] | None = None
-        self.values: tuple[HandleValue, ...] | None = None
-        self.blob: bytes | None = None
-        self.secret = False  # holds an HS_SECKEY value
-        self.simple = False  # values of the common kind only (simple_value_rows): no HS_ADMIN, HS_VLIST...
-
-    def handle_of(self) -> Handle:
-        if self.handle is None:
-            self.handle = Handle(self.text, self.zone, self.key[len(self.zone) + 1 :])
-        return self.handle
-
-    def rows_of(self) -> list[list[Any]]:
-        if self.rows is None:
-            self.rows = unpack_rows(self.blob) if self.blob is not None else [value_row(v) for v in self.values or ()]
-        return self.rows
-
-    def values_of(self) -> tuple[HandleValue, ...]:
-        if self.values is None:
-            self.values = tuple(map(row_value, self.rows_of()))
-        return self.values
-
-    def to_wire(self) -> WireOp:
-        """What another process needs to rebuild it (``from_wire``); the values as their packed blob
-        (still clear text for a secret: the node hashes those itself)."""
-        if self.blob is None and self.kind != "delete":
-            self.blob = pack_rows(self.rows_of())
-        flags = (_PREFIX_HANDLE if self.prefix_handle else 0) | (_SIMPLE if self.simple else 0)
-        return self.kind, self.text, self.key, self.zone, flags | (_SECRET if self.secret else 0), self.blob
-
-    @classmethod
-    def from_wire(cls, position: int, wire: WireOp) -> Op:
-        kind, text, key, zone, flags, blob = wire
-        op = cls(position, kind, text, key, zone, parse_handle(text) if flags & _PREFIX_HANDLE else None)
-        op.simple, op.secret, op.blob = bool(flags & _SIMPLE), bool(flags & _SECRET), blob
-        return op
-
-
-def failure(code: int, text: str, message: str) -> dict[str, Any]:
-    return {"responseCode": code, "handle": text, "message": message}
 
 
 def _brief(raw: Any) -> str:
@@ -135,8 +71,8 @@ def _parse(text: str) -> tuple[str, str, Handle | None]:
     return handle.key, handle.prefix, None
 
 
-def prepare(raw: Any, position: int, now: int, limits: Limits) -> Op | dict[str, Any]:
-    """Validate one raw operation: an ``Op`` (values not yet packed), or its failure result."""
+def prepare(raw: Any, position: int, now: int, limits: Limits) -> WriteOp | dict[str, Any]:
+    """Validate one raw operation: a ``WriteOp`` (values not yet packed), or its failure result."""
     if type(raw) is not dict:
         if isinstance(raw, Malformed):
             return failure(4, "", raw.message)
@@ -145,13 +81,13 @@ def prepare(raw: Any, position: int, now: int, limits: Limits) -> Op | dict[str,
     if type(text) is not str:
         return failure(4, "", f'operation {position + 1} has no "handle" string')
     kind = raw.get("op")
-    if kind not in KINDS:
+    if kind not in BATCH_KINDS:
         return failure(4, text, f'unknown op {_brief(kind)}: "op" must be "create", "upsert" or "delete"')
     try:
         key, zone, handle = _parse(text)
     except InvalidHandle as exc:
         return failure(exc.response_code, text, exc.message)
-    op = Op(position, kind, text, key, zone, handle)
+    op = WriteOp(position, kind, text, key, zone, handle)
     if kind == "delete":
         return op
     raw_values = raw.get("values")
@@ -173,11 +109,11 @@ def prepare(raw: Any, position: int, now: int, limits: Limits) -> Op | dict[str,
 _UNPACKABLE = (TypeError, ValueError, OverflowError)  # what msgpack raises for values it cannot encode
 
 
-def _unstorable(op: Op, exc: Exception) -> dict[str, Any]:
+def _unstorable(op: WriteOp, exc: Exception) -> dict[str, Any]:
     return failure(202, op.text, f"the values cannot be stored: {exc}")
 
 
-def pack_op(op: Op, packer: msgpack.Packer | None = None) -> dict[str, Any] | None:
+def pack_op(op: WriteOp, packer: msgpack.Packer | None = None) -> dict[str, Any] | None:
     """Pack ``op``'s values (from its HandleValues if it has no rows yet); a failure result if they cannot be."""
     try:
         op.blob = pack_rows(op.rows_of(), packer)
@@ -186,7 +122,7 @@ def pack_op(op: Op, packer: msgpack.Packer | None = None) -> dict[str, Any] | No
     return None
 
 
-def hash_secrets(ops: Iterable[Op]) -> None:
+def hash_secrets(ops: Iterable[WriteOp]) -> None:
     """Hash HS_SECKEY clear texts (PBKDF2, ~60 ms each: run it in a worker thread); repack with ``pack_op``."""
     for op in ops:
         op.values = hash_secret_values(op.values_of())
@@ -195,15 +131,15 @@ def hash_secrets(ops: Iterable[Op]) -> None:
 
 def prepare_chunk(
     chunk: list[Any], base: int, now: int, limits: Limits, packer: msgpack.Packer
-) -> list[Op | dict[str, Any]]:
-    """Validate and pack raw operations ``base``, ``base + 1``...: each an Op or its failure result.
+) -> list[WriteOp | dict[str, Any]]:
+    """Validate and pack raw operations ``base``, ``base + 1``...: each a WriteOp or its failure result.
 
     Call it with the cyclic GC disabled: a chunk allocates many containers and frees them (reference
     counting) before it ends, all without cycles; the collector would only walk them, tripling the
     time. Secrets are left unpacked (``hash_secrets`` first)."""
     items = [prepare(raw, base + i, now, limits) for i, raw in enumerate(chunk)]
     for i, item in enumerate(items):
-        if type(item) is Op and item.kind != "delete" and not item.secret:
+        if type(item) is WriteOp and item.kind != "delete" and not item.secret:
             failed = pack_op(item, packer)
             if failed is not None:
                 items[i] = failed
@@ -212,34 +148,23 @@ def prepare_chunk(
     return items
 
 
-class Creates(NamedTuple):
-    """Creates of ordinary handles with values of the common kind, packed (what bulk loads are made
-    of), as columns: sent between processes and decided without an ``Op`` each."""
-
-    positions: list[int]
-    texts: list[str]
-    keys: list[str]
-    zones: list[str]
-    blobs: list[bytes]
-
-
 class Prepared(NamedTuple):
     """A prepared batch: every operation is in exactly one of the three, by its position."""
 
     size: int  # operations
     failures: list[tuple[int, dict[str, Any]]]
-    creates: Creates
-    others: list[tuple[int, WireOp]]  # Op.to_wire() of the rest
+    creates: PlainCreates
+    others: list[tuple[int, WireOp]]  # WriteOp.to_wire() of the rest
 
     @classmethod
     def empty(cls) -> Prepared:
-        return cls(0, [], Creates([], [], [], [], []), [])
+        return cls(0, [], PlainCreates.empty(), [])
 
-    def add(self, items: list[Op | dict[str, Any]]) -> Prepared:
+    def add(self, items: list[WriteOp | dict[str, Any]]) -> Prepared:
         """The next operations, as ``prepare_chunk`` made them, added."""
         creates, failures, others = self.creates, self.failures, self.others
         for position, item in enumerate(items, self.size):
-            if not isinstance(item, Op):
+            if not isinstance(item, WriteOp):
                 failures.append((position, item))
             elif item.simple and item.kind == "create" and item.blob is not None:
                 creates.positions.append(position)
@@ -254,18 +179,9 @@ class Prepared(NamedTuple):
                     failures.append((position, _unstorable(item, exc)))
         return self._replace(size=self.size + len(items))
 
-    def items(self) -> list[Op | dict[str, Any]]:
-        """Every operation in order: an Op (``Op.from_wire``) or its failure result."""
-        out: list[Op | dict[str, Any]] = [{}] * self.size
-        for position, result in self.failures:
-            out[position] = result
-        c = self.creates
-        for position, text, key, zone, blob in zip(c.positions, c.texts, c.keys, c.zones, c.blobs, strict=True):
-            op = out[position] = Op(position, "create", text, key, zone, None)
-            op.simple, op.blob = True, blob
-        for position, wire in self.others:
-            out[position] = Op.from_wire(position, wire)
-        return out
+    def others_ops(self) -> list[WriteOp]:
+        """The operations that are not plain creates, in order, rebuilt (``WriteOp.from_wire``)."""
+        return [WriteOp.from_wire(position, wire) for position, wire in self.others]
 
 
 def prepare_steps(body: bytes, media: str, limits: Limits, now: int) -> Iterator[Prepared]:

@@ -14,6 +14,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from nodes.authoritative.app import AuthoritativeConfig, create_app
+from resolver.bodies import not_found_body, values_not_found_body
 from resolver.config import Limits
 from tests.conftest import OPERATOR_SECRET, auth, free_port, topology_of
 
@@ -132,10 +133,12 @@ async def test_resolution_filters_echo_and_not_found(node: Node) -> None:
     status, body = await node.call("GET", "/api/handles/88.118/Car-A", params=[("type", "MODEL"), ("index", "100")])
     assert [v["index"] for v in body["values"]] == [2, 100]
     status, body = await node.call("GET", "/api/handles/88.118/Car-A", params={"type": "NOPE"})
-    assert (status, body["responseCode"], body["values"]) == (200, 200, [])
+    assert (status, body) == (200, values_not_found_body("88.118/Car-A"))
+    assert body["message"] == "no value matches the type or index given"
     # Suffixes are case-sensitive, and the answer echoes exactly what was asked.
     status, body = await node.call("GET", "/api/handles/88.118/car-a")
-    assert status == 404 and body == {"responseCode": 100, "handle": "88.118/car-a", "message": "Handle Not Found"}
+    assert status == 404 and body == not_found_body("88.118/car-a")
+    assert body == {"responseCode": 100, "handle": "88.118/car-a", "message": "Handle Not Found"}
 
 
 async def test_prefixes_it_has_nothing_to_do_with_get_301(node: Node) -> None:
@@ -162,6 +165,7 @@ async def test_delegation_gives_referrals_and_refuses_writes_below_it(node: Node
     assert status == 200
     status, body = await node.call("GET", "/api/handles/88.118.8/VIN-1")
     assert status == 300 and body["responseCode"] == 303 and body["prefix"] == "88.118.8"
+    assert body["message"] == "prefix 88.118.8 is delegated: ask one of its sites"
     assert body["values"][0]["type"] == "HS_SITE"
     assert body["values"][0]["data"]["value"]["servers"][0]["interfaces"][0]["port"] == 8300
     status, body = await node.call("GET", "/api/handles/0.NA/88.118.8")
@@ -338,9 +342,11 @@ async def test_oversized_body_is_refused_before_it_is_read(node: Node) -> None:
 
 async def test_unknown_endpoints_answer_in_json(node: Node) -> None:
     status, body = await node.call("GET", "/api/nothing")
-    assert status == 405 and body["responseCode"] == 4
+    assert (status, body) == (405, {"responseCode": 4, "message": "Unknown HTTP API endpoint /api/nothing"})
     status, body = await node.call("POST", "/api/handles/88.118/X", body={})
     assert status == 405 and body["responseCode"] == 4
+    assert body["message"] == "method POST is not allowed on /api/handles/88.118/X (allowed: DELETE, GET, PUT)"
+    assert "handle" not in body
 
 
 async def test_restart_keeps_data_and_rewrites_nothing(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,15 @@ from urllib.parse import quote
 import msgpack
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from nodes.authoritative.app import AuthoritativeConfig, create_app
 from nodes.recursive.app import RecursiveConfig, create_recursive_app
 from nodes.running.seeding import DEMO_CAR, register_topology
 from resolver.cache import CacheConfig
 from resolver.client import HandleClient, basic_auth
 from resolver.config import Topology
 from resolver.upstream import UpstreamConfig
-from tests.conftest import free_port, topology_of
+from tests.conftest import OPERATOR_SECRET, LocalNode, free_port, topology_of
 
 SECRETS = {"top": "top-operator-secret", "auto": "auto-operator-secret", "carmaker": "carmaker-operator-secret"}
 CARMAKER_OPERATOR = {"Authorization": basic_auth("300:0.NA/88.118.8", SECRETS["carmaker"])}
@@ -50,39 +47,31 @@ class Tree:
     """Three authoritative nodes with the delegations registered, a recursive node in front, one client session."""
 
     def __init__(self, tmp_path: Path, session: ClientSession, cache: CacheConfig, upstream: UpstreamConfig) -> None:
-        self.tmp_path, self.session = tmp_path, session
+        self.session = session
         self.topology = make_topology()
         self.cache_config, self.upstream_config = cache, upstream
-        self.servers: dict[str, TestServer] = {}
+        self.nodes = {
+            name: LocalNode(self.topology, name, tmp_path, session, secret=SECRETS.get(name, OPERATOR_SECRET))
+            for name in ("top", "auto", "carmaker", "recursive")
+        }
 
     def url(self, name: str) -> str:
         return self.topology.node(name).url
 
     async def start(self) -> None:
         for name in ("top", "auto", "carmaker"):
-            await self.start_node(name)
+            await self.nodes[name].start()
         await register_topology(HandleClient(self.session), self.topology, SECRETS, demo=True)
         spec = self.topology.node("recursive")
         config = RecursiveConfig(spec, self.topology, cache=self.cache_config, upstream=self.upstream_config)
-        await self._serve("recursive", create_recursive_app(config))
-
-    async def start_node(self, name: str) -> None:
-        spec = self.topology.node(name)
-        config = AuthoritativeConfig(spec, self.topology, self.tmp_path / f"{name}.sqlite3", SECRETS[name])
-        await self._serve(name, create_app(config))
-
-    async def _serve(self, name: str, app: Any) -> None:
-        spec = self.topology.node(name)
-        server = TestServer(app, host=spec.host, port=spec.port)
-        await server.start_server()
-        self.servers[name] = server
+        await self.nodes["recursive"].start(create_recursive_app(config))
 
     async def stop(self, name: str) -> None:
-        await self.servers.pop(name).close()
+        await self.nodes[name].stop()
 
     async def close(self) -> None:
-        for name in list(self.servers):
-            await self.stop(name)
+        for node in self.nodes.values():
+            await node.stop()
 
     async def call(
         self,
@@ -363,22 +352,18 @@ async def test_an_unreachable_enterprise_node_stale_answers_and_a_bounded_error(
     assert await tree.metric("idres_cache_stale_served_total") == 1
     assert await tree.metric('idres_resolutions_total{outcome="stale"}') == 1
 
-    started = time.monotonic()
     status, body = await tree.get("88.118.8/VIN-NEVER-CACHED")
-    elapsed = time.monotonic() - started
     assert (status, body["responseCode"]) == (502, 2), body
-    assert address in body["message"] and body["handle"] == "88.118.8/VIN-NEVER-CACHED"
-    assert elapsed < 1.0, f"a refused connection fails fast, not after {elapsed:.2f} s"
+    assert f"{carmaker}: cannot connect" in body["message"], body
+    assert body["handle"] == "88.118.8/VIN-NEVER-CACHED"
 
-    # Now the node hangs instead: the error still comes within the deadline, and names the node.
+    # Now the node hangs instead: the error comes when the deadline passes, and names the node.
     host, port = address.split(":")
     hole = await _blackhole(host, int(port))
     try:
-        started = time.monotonic()
         status, body = await tree.get("88.118.8/VIN-ALSO-NEVER-CACHED")
-        elapsed = time.monotonic() - started
-        assert (status, body["responseCode"]) == (502, 2) and address in body["message"], body
-        assert elapsed < 1.0 + 0.3, f"the 1 s deadline was not kept: {elapsed:.2f} s"
+        assert (status, body["responseCode"]) == (502, 2), body
+        assert f"{carmaker}: timed out" in body["message"], body
         status, body = await tree.get(DEMO_CAR)
         assert status == 200 and by_index(body)[2] == "CQ-EV7 electric SUV", "the stale answer is still served"
         async with tree.session.get(tree.url("recursive") + "/healthz") as r:

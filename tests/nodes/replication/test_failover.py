@@ -1,55 +1,40 @@
-"""Promotion, epochs and the return of an old primary, with real nodes on 127.0.0.1 and real SQLite files."""
+"""Promotion, demotion, epochs and sync_mirrors with real nodes on 127.0.0.1 and real SQLite files: the
+operator's failover as users see it (``nodes.replication.roles`` has the rules; test_roles the unit tests)."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp import ClientSession
 
-from nodes.replication import roles as promotion
+from nodes.replication import roles
 from nodes.running.topology_file import load_topology
-from resolver.config import Topology
 from resolver.errors import ConfigError
-from tests.conftest import auth, free_port, topology_of
-from tests.nodes.replication.test_replication import Node, Pair, eventually, url_value
+from resolver.storage import SQLiteStorage
+from tests.conftest import auth, eventually, topology_of
+from tests.nodes.replication.pairs import (
+    OP,
+    Pair,
+    ReplicatedNode,
+    pair_of,
+    refuses_writes,
+    running_pair,
+    two_nodes,
+    url_value,
+)
 
 CHONGQING, CHENGDU = "chongqing-top", "chengdu-top"
-
-
-def failover_topology(extra_mirror: bool = False) -> Topology:
-    nodes: dict[str, dict[str, Any]] = {
-        CHONGQING: {"role": "top", "prefix": "88", "listen": f"127.0.0.1:{free_port()}"},
-        CHENGDU: {"mirror_of": CHONGQING, "listen": f"127.0.0.1:{free_port()}"},
-    }
-    if extra_mirror:
-        nodes["xian-top"] = {"mirror_of": CHONGQING, "listen": f"127.0.0.1:{free_port()}"}
-    return topology_of(nodes)
 
 
 @pytest.fixture
 async def nodes(tmp_path: Path) -> AsyncIterator[Pair]:
     """chongqing-top owning 88 and chengdu-top mirroring it, neither started yet."""
-    topology = failover_topology()
-    async with ClientSession() as session:
-        pair = Pair(
-            Node(CHONGQING, topology, tmp_path / "chongqing.sqlite3", session),
-            Node(CHENGDU, topology, tmp_path / "chengdu.sqlite3", session),
-        )
-        try:
-            yield pair
-        finally:
-            await pair.mirror.stop()
-            await pair.primary.stop()
-
-
-async def refuses_writes(node: Node, handle: str = "88/refused") -> dict[str, Any]:
-    code, body = await node.put(handle, url_value("https://example.cn/refused"))
-    assert (code, body["responseCode"]) == (503, 7), f"{node.name} should refuse writes: {code} {body}"
-    result: dict[str, Any] = body
-    return result
+    async for pair in pair_of(two_nodes(primary=CHONGQING, mirrors=(CHENGDU,)), tmp_path, CHONGQING, CHENGDU):
+        yield pair
 
 
 def test_the_default_topology_makes_chengdu_top_a_mirror_of_chongqing_top() -> None:
@@ -59,13 +44,13 @@ def test_the_default_topology_makes_chengdu_top_a_mirror_of_chongqing_top() -> N
 
 
 async def test_promote_chengdu_write_there_and_the_returning_chongqing_rejoins_as_a_mirror(nodes: Pair) -> None:
-    chongqing, chengdu = nodes.primary, nodes.replication.follower
+    chongqing, chengdu = nodes.primary, nodes.mirror
     await chongqing.start()
     await chengdu.start()
     alice = [*url_value("https://example.cn/alice"), {"index": 300, "type": "HS_SECKEY", "data": "alice-secret"}]
     await chongqing.put("88/alice", alice)
     await chongqing.put("88/before", url_value("https://example.cn/before"))
-    await eventually(lambda: nodes.resolves_on_mirror("88/before"), 1.0, "88/before reaches chengdu-top")
+    await eventually(lambda: nodes.resolves_on_mirror("88/before"), 5, "88/before reaches chengdu-top")
 
     # chengdu-top goes away for a while; chongqing-top takes a write it never sees, then dies.
     await chengdu.stop()
@@ -122,7 +107,7 @@ async def test_promote_chengdu_write_there_and_the_returning_chongqing_rejoins_a
         code, _ = await chongqing.call("GET", "/api/handles/88/later")
         return code == 200
 
-    await eventually(followed, 1.0, "a write on the new primary reaches the old one")
+    await eventually(followed, 5, "a write on the new primary reaches the old one")
 
     # Restarts keep the stored roles, whatever the topology says.
     await chengdu.stop()
@@ -136,8 +121,11 @@ async def test_promote_chengdu_write_there_and_the_returning_chongqing_rejoins_a
     await eventually(converged, 5, "the old primary follows the new one after its restart")
 
 
-async def test_a_running_old_primary_demotes_itself_when_its_mirror_is_promoted(nodes: Pair) -> None:
-    chongqing, chengdu = nodes.primary, nodes.replication.follower
+async def test_a_running_old_primary_demotes_itself_when_its_mirror_is_promoted(
+    nodes: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(roles, "PEER_CHECK_SECONDS", 0.1)  # how often a settled primary asks its peers
+    chongqing, chengdu = nodes.primary, nodes.mirror
     await chongqing.start()
     await chengdu.start()
     await chongqing.put("88/x", url_value("https://example.cn/x"))
@@ -146,12 +134,14 @@ async def test_a_running_old_primary_demotes_itself_when_its_mirror_is_promoted(
     assert (code, body["epoch"]) == (200, 1)
 
     async def demoted() -> bool:
-        return (await chongqing.status())["role"] == "mirror"
+        return bool((await chongqing.status())["role"] == "mirror")
 
-    took = await eventually(demoted, promotion.PEER_CHECK_SECONDS + 2, "chongqing-top notices the promotion")
-    assert took < promotion.PEER_CHECK_SECONDS + 1.5
+    await eventually(demoted, 5, "chongqing-top notices the promotion at its next peer check")
     body = await refuses_writes(chongqing)
-    assert "chengdu-top" in body["message"]
+    assert body["message"] == (
+        f"chongqing-top is no longer the primary: chengdu-top ({chengdu.url}) was promoted and takes the writes; "
+        f"send them there"
+    )
     code, _ = await chengdu.put("88/y", url_value("https://example.cn/y"))
     assert code in (200, 201)
 
@@ -165,8 +155,8 @@ async def test_a_running_old_primary_demotes_itself_when_its_mirror_is_promoted(
 async def test_a_restarted_primary_takes_no_write_until_its_mirror_answers(
     nodes: Pair, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(promotion, "CHECK_WAIT", 0.3)
-    chongqing, chengdu = nodes.primary, nodes.replication.follower
+    monkeypatch.setattr(roles, "CHECK_WAIT", 0.3)
+    chongqing, chengdu = nodes.primary, nodes.mirror
     await chongqing.start()  # a fresh database: nothing can have superseded it, so no waiting
     code, _ = await chongqing.put("88/first", url_value("https://example.cn/first"))
     assert code in (200, 201)
@@ -195,11 +185,14 @@ async def test_a_restarted_primary_takes_no_write_until_its_mirror_answers(
     assert (await chengdu.status())["epoch"] == 1
 
 
-async def test_of_two_promoted_mirrors_the_later_promotion_wins(tmp_path: Path) -> None:
-    topology = failover_topology(extra_mirror=True)
+async def test_of_two_promoted_mirrors_the_later_promotion_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(roles, "PEER_CHECK_SECONDS", 0.1)
+    topology = two_nodes(primary=CHONGQING, mirrors=(CHENGDU, "xian-top"))
     async with ClientSession() as session:
         chongqing, chengdu, xian = (
-            Node(name, topology, tmp_path / f"{name}.sqlite3", session) for name in (CHONGQING, CHENGDU, "xian-top")
+            ReplicatedNode(topology, name, tmp_path, session) for name in (CHONGQING, CHENGDU, "xian-top")
         )
         try:
             for node in (chongqing, chengdu, xian):
@@ -213,25 +206,118 @@ async def test_of_two_promoted_mirrors_the_later_promotion_wins(tmp_path: Path) 
 
             async def chengdu_demoted() -> bool:
                 status = await chengdu.status()
-                return status["role"] == "mirror" and status["primaryNode"] == "xian-top"
+                return bool(status["role"] == "mirror" and status["primaryNode"] == "xian-top")
 
-            await eventually(chengdu_demoted, promotion.PEER_CHECK_SECONDS + 2, "chengdu-top yields to xian-top")
+            await eventually(chengdu_demoted, 5, "chengdu-top yields to xian-top")
             await refuses_writes(chengdu)
             await chongqing.start()  # finds xian-top at epoch 2 among its peers
 
             async def chongqing_demoted() -> bool:
                 status = await chongqing.status()
-                return status["role"] == "mirror" and status["primaryNode"] == "xian-top"
+                return bool(status["role"] == "mirror" and status["primaryNode"] == "xian-top")
 
             await eventually(chongqing_demoted, 3, "the old primary yields to xian-top")  # at start, normally
             await refuses_writes(chongqing)
             code, _ = await xian.put("88/z", url_value("https://example.cn/z"))
             assert code in (200, 201)
             for node in (chengdu, chongqing):
-                await eventually(lambda n=node: Pair(xian, n).resolves_on_mirror("88/z"), 5, f"88/z on {node.name}")
+                resolves = functools.partial(Pair(xian, node).resolves_on_mirror, "88/z")
+                await eventually(resolves, 5, f"88/z reaches {node.name}")
         finally:
             for node in (xian, chengdu, chongqing):
                 await node.stop()
+
+
+async def test_a_mirror_refuses_data_from_a_node_at_a_lower_epoch(nodes: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(roles, "PEER_CHECK_SECONDS", 0.1)
+    chongqing, chengdu = nodes.primary, nodes.mirror
+    store = await SQLiteStorage.open(chengdu.db)
+    await store.set_meta("epoch", "3")  # as if it had followed a primary promoted three times since
+    await store.close()
+    await chongqing.start()
+    await chengdu.start()
+
+    async def refused() -> bool:
+        error = (await chengdu.status())["lastError"]
+        return bool(error) and "epoch 0, below this node's 3" in error
+
+    await eventually(refused, 5, "the mirror refuses the lower epoch")
+    status = await chengdu.status()
+    assert status["lastError"] == (
+        "ReplicationError: chongqing-top is at epoch 0, below this node's 3: a promotion superseded it, "
+        "so nothing it sends is applied"
+    )
+    assert status["epoch"] == 3 and status["appliedSeq"] is None and status["connected"] is False
+    assert status["records"] == 0
+    code, _ = await chengdu.get("0.NA/88")
+    assert code == 404, "nothing of the superseded node was applied"
+
+    # And the primary, seeing a peer at a newer epoch than its own, stops taking writes.
+    async def yielded() -> bool:
+        return not await chongqing.writable()
+
+    await eventually(yielded, 5, "the primary stops taking writes")
+    body = await refuses_writes(chongqing, "88/x")
+    assert body["message"] == (
+        "chengdu-top (epoch 3) followed a primary promoted after epoch 0, which chongqing-top missed: "
+        "no writes until an operator promotes a node (POST /api/replication/promote)"
+    )
+
+
+# -- sync_mirrors -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sync_pair(tmp_path: Path) -> AsyncIterator[Pair]:
+    """A primary with sync_mirrors = true and its mirror, both running, the mirror caught up."""
+    async for pair in running_pair(two_nodes(sync=True), tmp_path):
+        yield pair
+
+
+async def test_with_sync_mirrors_an_acknowledged_write_is_already_on_the_mirror(sync_pair: Pair) -> None:
+    primary, mirror = sync_pair.primary, sync_pair.mirror
+    for n in range(20):
+        code, _ = await primary.put(f"88/s-{n}", url_value(f"https://example.cn/s-{n}"))
+        assert code in (200, 201)
+        code, body = await mirror.get(f"88/s-{n}")  # no waiting: it is there
+        assert (code, body["values"][0]["data"]["value"]) == (200, f"https://example.cn/s-{n}")
+    code, _ = await primary.call("DELETE", "/api/handles/88/s-0", headers=auth(OP))
+    assert code == 200
+    code, _ = await mirror.get("88/s-0")
+    assert code == 404
+
+    gate = asyncio.Semaphore(16)  # concurrent sync writes share the mirror's round trips
+
+    async def put(n: int) -> None:
+        async with gate:
+            code, _ = await primary.put(f"88/c-{n}", url_value(f"https://example.cn/c-{n}"))
+            assert code in (200, 201)
+            code, _ = await mirror.get(f"88/c-{n}")
+            assert code == 200
+
+    await asyncio.gather(*(put(n) for n in range(100)))
+    status = await primary.status()
+    assert status["syncMirrors"] is True and status["mirrors"]["mirror"]["appliedSeq"] == status["lastSeq"]
+
+
+async def test_with_sync_mirrors_and_the_mirror_down_a_write_fails_but_stays_committed(
+    sync_pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(roles, "SYNC_ACK_TIMEOUT", 0.2)
+    primary = sync_pair.primary
+    await sync_pair.mirror.stop()
+    code, body = await primary.put("88/unconfirmed", url_value("https://example.cn/unconfirmed"))
+    assert (code, body["responseCode"]) == (503, 2)
+    assert "committed on primary" in body["message"] and "no mirror confirmed it within 0.2 s" in body["message"]
+    assert "read it back before retrying" in body["message"]
+    # Committed all the same: the primary serves it, and the mirror gets it when it returns.
+    code, _ = await primary.get("88/unconfirmed")
+    assert code == 200
+    await sync_pair.mirror.start()
+    await eventually(lambda: sync_pair.resolves_on_mirror("88/unconfirmed"), 5, "the mirror gets it on its return")
+    code, _ = await primary.put("88/confirmed", url_value("https://example.cn/confirmed"))
+    assert code in (200, 201)
+    assert await sync_pair.resolves_on_mirror("88/confirmed")
 
 
 def test_sync_mirrors_is_a_boolean_set_on_a_primary_that_has_mirrors() -> None:

@@ -28,7 +28,8 @@ SEED = "seed"  # the one-shot service that registers delegations and demo data o
 def services() -> dict[str, Any]:
     doc = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
     assert isinstance(doc, dict) and isinstance(doc.get("services"), dict), "docker-compose.yml has no services"
-    return doc["services"]
+    found: dict[str, Any] = doc["services"]
+    return found
 
 
 def _expected_dependencies(topology: Topology, spec: NodeSpec) -> set[str]:

@@ -1,4 +1,5 @@
-"""POST /api/batch over real HTTP on 127.0.0.1 with real SQLite files, and its fast paths against the slow ones."""
+"""POST /api/batch over real HTTP on 127.0.0.1 with a real SQLite file: per-operation results,
+whole-batch refusals, bodies and metrics, each batch prepared in the event loop or by worker processes."""
 
 from __future__ import annotations
 
@@ -11,26 +12,16 @@ from typing import Any
 import msgpack
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestServer
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from nodes.authoritative.authority import AUTHORITY
-from nodes.authoritative.batch import prep as batchprep
 from nodes.authoritative.batch import workers as batchpool
-from resolver.codec import pack_rows, pack_values, value_row
 from resolver.config import Limits
-from resolver.errors import HandleError, InvalidHandle
 from resolver.names import parse_handle
-from resolver.records import keep_row_timestamps, keep_timestamps, parse_put_body
 from resolver.storage import Change
-from resolver.values import HandleValue, simple_value_rows, value_from_wire
-from tests.conftest import OPERATOR_SECRET, auth, free_port
-from tests.nodes.authoritative.test_api import OP, make_app
-from tests.nodes.replication.test_replication import OP as TOP_OP
-from tests.nodes.replication.test_replication import Pair, _pair_of, eventually, two_nodes
+from tests.conftest import OPERATOR_SECRET, LocalNode, auth, free_port, topology_of
 
 MSGPACK = "application/msgpack"
+OP = "300:0.NA/88.118"  # the operator of the node below
 SITE = {"servers": [{"address": "127.0.0.1", "interfaces": [{"protocol": "HTTP", "port": 8300}]}]}
 
 
@@ -46,17 +37,17 @@ def create(handle: str, values: list[dict[str, Any]] | None = None) -> dict[str,
 
 
 class BatchNode:
-    """The secondary node of test_node_api (88.118, hosting 88.118.9) and a client for it."""
+    """A secondary node for 88.118 that hosts 88.118.9, and a client for it."""
 
-    def __init__(self, server: TestServer, session: ClientSession, mode: str = "loop") -> None:
-        self.server, self.session, self.mode = server, session, mode
+    def __init__(self, node: LocalNode, mode: str) -> None:
+        self.node, self.mode, self.session = node, mode, node.session
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server.port}{path}"
+        return self.node.url + path
 
     @property
     def store(self) -> Any:
-        return self.server.app[AUTHORITY].store
+        return self.node.app[AUTHORITY].store
 
     async def call(
         self,
@@ -69,10 +60,7 @@ class BatchNode:
         accept: str = "application/json",
     ) -> tuple[int, Any]:
         hdrs = {"Content-Type": content_type, "Accept": accept, **(headers or {})}
-        async with self.session.request(method, self.url(path), data=raw, headers=hdrs) as r:
-            payload = await r.read()
-            body = msgpack.unpackb(payload) if r.content_type == MSGPACK else json.loads(payload)
-            return r.status, body
+        return await self.node.call(method, path, raw=raw, headers=hdrs)
 
     async def batch(
         self,
@@ -113,13 +101,16 @@ async def node(
 ) -> AsyncIterator[BatchNode]:
     """Every batch prepared in the event loop, or every batch (whatever its size) by worker processes."""
     monkeypatch.setattr(batchpool, "MIN_WORKER_BYTES", 0 if request.param == "workers" else 1 << 60)
-    port = free_port()
+    topology = topology_of(
+        {"sec": {"role": "secondary", "prefix": "88.118", "hosts": ["88.118.9"], "listen": f"127.0.0.1:{free_port()}"}}
+    )
     limits = Limits(max_body_bytes=64_000, max_value_bytes=1_000, max_batch_bytes=2_000_000)
-    server = TestServer(make_app(tmp_path / "sec.sqlite3", port, limits), host="127.0.0.1", port=port)
-    await server.start_server()
     async with ClientSession() as session:
-        yield BatchNode(server, session, request.param)
-    await server.close()
+        running = await LocalNode(topology, "sec", tmp_path, session, limits=limits).start()
+        try:
+            yield BatchNode(running, request.param)
+        finally:
+            await running.stop()
 
 
 def codes(body: dict[str, Any]) -> list[int]:
@@ -379,223 +370,3 @@ async def test_stage_times_are_exported(node: BatchNode) -> None:
     assert 'idres_batch_stage_seconds_total{stage="validate"}' in text
     waited = [line for line in text.splitlines() if line.startswith('idres_batch_stage_seconds_total{stage="worker"}')]
     assert len(waited) == 1 and (float(waited[0].split()[-1]) > 0) == (node.mode == "workers")
-
-
-# -- replication ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    async for running in _pair_of(two_nodes(), tmp_path):
-        await running.primary.start()
-        await running.mirror.start()
-        await eventually(running.in_sync, 5, "the mirror catches up with an empty primary")
-        yield running
-
-
-async def post(node: Any, ops: list[dict[str, Any]]) -> tuple[int, Any]:
-    headers = {**auth(TOP_OP), "Content-Type": MSGPACK, "Accept": MSGPACK}
-    async with node.session.post(node.url + "/api/batch", data=msgpack.packb(ops), headers=headers) as r:
-        return r.status, msgpack.unpackb(await r.read())
-
-
-async def test_bulk_loads_replicate_and_the_mirror_refuses_them(pair: Pair) -> None:
-    ops = [create(f"88/bulk-{n:05d}") for n in range(3_000)]
-    status, body = await post(pair.primary, ops)
-    assert status == 200 and body["applied"] == 3_000
-    more = [{"op": "upsert", "handle": f"88/bulk-{n:05d}", "values": car(f"v2-{n}")} for n in range(0, 3_000, 3)]
-    more += [{"op": "delete", "handle": f"88/bulk-{n:05d}"} for n in range(1, 3_000, 3)]
-    status, body = await post(pair.primary, more)
-    assert status == 200 and body["applied"] == 2_000
-    await eventually(pair.same_digest, 10, "primary and mirror hold the same records")
-    assert (await pair.mirror.status())["records"] == 1 + 2_000
-    code, record = await pair.mirror.call("GET", "/api/handles/88/bulk-00003")
-    assert code == 200 and record["values"][0]["data"]["value"] == "https://example.cn/car/v2-3"
-    code, _ = await pair.mirror.call("GET", "/api/handles/88/bulk-00004")
-    assert code == 404
-    status, body = await post(pair.mirror, [create("88/on-mirror")])
-    assert (status, body["responseCode"]) == (503, 7)
-
-
-@pytest.fixture
-async def sync_pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    async for running in _pair_of(two_nodes(sync=True), tmp_path):
-        await running.primary.start()
-        await running.mirror.start()
-        await eventually(running.in_sync, 5, "the mirror catches up with an empty primary")
-        yield running
-
-
-async def test_with_sync_mirrors_a_batch_is_acknowledged_once_a_mirror_holds_it(sync_pair: Pair) -> None:
-    status, body = await post(sync_pair.primary, [create(f"88/sync-{n}") for n in range(2_000)])
-    assert status == 200 and body["applied"] == 2_000
-    mirror = await sync_pair.mirror.status()
-    assert mirror["appliedSeq"] >= body["lastSeq"], "acknowledged before the mirror applied it"
-    code, _ = await sync_pair.mirror.call("GET", "/api/handles/88/sync-1999")
-    assert code == 200
-    await sync_pair.mirror.stop()
-    status, body = await post(sync_pair.primary, [create("88/unconfirmed")])
-    assert (status, body["responseCode"]) == (503, 2) and "no mirror confirmed" in body["message"]
-
-
-# -- the fast paths decide exactly as the slow ones ----------------------------------------------------
-
-NOW = 1_700_000_000
-LIMITS = Limits(max_value_bytes=40, max_record_bytes=200, max_values=4, max_type_length=8)
-texts = st.one_of(
-    st.sampled_from(["", "x", "é", "a\ud800", "\n", "https://example.cn/x", "y" * 45, "z" * 41]), st.text(max_size=12)
-)
-wire_values = st.fixed_dictionaries(
-    {
-        "index": st.one_of(st.integers(-2, 6), st.sampled_from([True, "1", 2**31, 2**31 - 1, 1.0])),
-        "type": st.one_of(
-            st.sampled_from(
-                ["URL", "HS_ADMIN", "hs_seckey", "HS_SITE", "HS_VLIST", "", "TOO-LONG-1", "a\tb", "EMAIL", "hs_site.6"]
-            ),
-            st.text(max_size=9),
-        ),
-        "data": st.one_of(
-            texts,
-            st.fixed_dictionaries(
-                {
-                    "format": st.sampled_from(["string", "hex", "base64", "", "admin"]),
-                    "value": st.one_of(texts, st.integers(), st.none()),
-                }
-            ),
-            st.fixed_dictionaries({"value": texts}),
-            st.integers(),
-        ),
-    },
-    optional={
-        "ttl": st.one_of(st.integers(-1, 100_000), st.sampled_from(["60", True, 2**31, 2**31 - 1, "1d"])),
-        "permissions": st.sampled_from(["1110", "1100", "0010", "111", "11101", "11x0", 1110]),
-        "references": st.one_of(st.just([]), st.just({}), st.just([{"index": 1, "handle": "88/x"}])),
-        "timestamp": st.just("2026-11-22T08:00:00Z"),
-    },
-)
-
-
-def _plausible(parts: list[tuple[str, Any, dict[str, Any]]], order: list[int]) -> list[dict[str, Any]]:
-    return [
-        {"index": index, "type": vtype, "data": data, **extra}
-        for index, (vtype, data, extra) in zip(order, parts, strict=False)
-    ]
-
-
-# Mostly what real clients send, with the odd twist: the fast path's territory and its borders.
-plausible_values = st.builds(
-    _plausible,
-    st.lists(
-        st.tuples(
-            st.sampled_from(["URL", "MODEL", "EMAIL", "BATCH-NO", "HS_ADMIN", "hs_seckey", "TOO-LONG-1", "a b"]),
-            st.one_of(
-                texts,
-                st.builds(lambda v: {"format": "string", "value": v}, texts),
-                st.builds(lambda v: {"value": v}, texts),
-                st.builds(lambda v: {"format": "hex", "value": v}, texts),
-            ),
-            st.fixed_dictionaries(
-                {},
-                optional={
-                    "ttl": st.sampled_from([0, 60, 86400, 2**31 - 1, -1, "60"]),
-                    "permissions": st.sampled_from(["1110", "0100", "111"]),
-                    "references": st.just([]),
-                    "timestamp": st.just("x"),
-                },
-            ),
-        ),
-        max_size=5,
-    ),
-    st.one_of(
-        st.just([1, 2, 3, 4, 5]),
-        st.just([3, 7, 100, 300, 2**31 - 1]),
-        st.permutations([1, 2, 3, 4, 5]),
-        st.lists(st.integers(0, 6), min_size=5, max_size=5),
-    ),
-)
-
-
-@settings(max_examples=3_000, deadline=None)
-@given(st.one_of(plausible_values, st.lists(wire_values, max_size=5), st.just({}), st.none(), st.just("values")))
-def test_simple_value_rows_decides_exactly_as_parse_put_body(raw: Any) -> None:
-    rows = simple_value_rows(raw, NOW, LIMITS)
-    if rows is None:
-        return  # the slow path decides, whatever it says
-    values = parse_put_body(raw, handle_text="88/x", now=NOW, limits=LIMITS)  # must not raise
-    assert rows == [value_row(v) for v in values]
-    assert pack_rows(rows) == pack_values(values)
-
-
-def test_simple_value_rows_takes_the_common_cases() -> None:
-    common = [
-        {"index": 1, "type": "URL", "data": "https://a"},
-        {"index": 2, "type": "MODEL", "data": {"format": "string", "value": "é"}, "ttl": 60},
-        {"index": 3, "type": "NOTE", "data": {"value": "x"}, "permissions": "1100", "references": []},
-    ]
-    assert simple_value_rows(common, NOW) == [
-        [1, "URL", "string", "https://a", 86400, NOW, "1110", []],
-        [2, "MODEL", "string", "é", 60, NOW, "1110", []],
-        [3, "NOTE", "string", "x", 86400, NOW, "1100", []],
-    ]
-    assert simple_value_rows([], NOW) == []
-    assert simple_value_rows([common[1], common[0]], NOW) is None  # out of order: the slow path sorts
-    assert simple_value_rows([{"index": 1, "type": "HS_SECKEY", "data": "pw"}], NOW) is None
-    with pytest.raises(HandleError, match="not valid Unicode"):
-        value_from_wire({"index": 1, "type": "URL", "data": "a\ud800"}, position=1, now=NOW)
-
-
-handle_texts = st.one_of(
-    st.sampled_from(
-        [
-            "88.118/x",
-            "88.118/",
-            "88.ab-C/Ü",
-            "0.NA/88.1",
-            "0.na/88.A",
-            "88..1/x",
-            "88/a\x07",
-            "88",
-            "88.1/" + "s" * 250,
-            "89/x",
-            "88.1.2.3.4.5.6.7.8/x",
-            "0.NA/",
-            "88/a/b",
-        ]
-    ),
-    st.builds(
-        lambda p, s: f"{p}/{s}", st.sampled_from(["88", "88.118", "88.A-b", "0.NA", "88.x_y"]), st.text(max_size=260)
-    ),
-)
-
-
-@settings(max_examples=1_000, deadline=None)
-@given(st.lists(handle_texts, max_size=6))
-def test_identifiers_are_parsed_exactly_as_parse_handle_does(texts_: list[str]) -> None:
-    for text in texts_:  # in sequence, so the memo of valid prefixes is exercised
-        try:
-            expected = parse_handle(text)
-        except InvalidHandle as exc:
-            with pytest.raises(InvalidHandle) as info:
-                batchprep._parse(text)
-            assert info.value.message == exc.message
-            continue
-        key, zone, handle = batchprep._parse(text)
-        assert (key, zone) == (expected.key, expected.zone)
-        assert (handle is not None) == expected.is_prefix_handle
-
-
-small_records = st.lists(
-    st.tuples(st.integers(1, 4), st.sampled_from(["a", "b"]), st.integers(0, 2)), max_size=4, unique_by=lambda t: t[0]
-)
-
-
-@settings(max_examples=300, deadline=None)
-@given(small_records, small_records)
-def test_keep_row_timestamps_is_keep_timestamps_on_rows(
-    old: list[tuple[int, str, int]], new: list[tuple[int, str, int]]
-) -> None:
-    before = tuple(HandleValue(i, "T", "string", v, 60 + t, 100 + i) for i, v, t in old)
-    after = tuple(HandleValue(i, "T", "string", v, 60 + t, 500) for i, v, t in new)
-    kept = keep_row_timestamps([value_row(v) for v in before], [value_row(v) for v in after])
-    expected = [value_row(v) for v in keep_timestamps(before, after)]
-    assert (kept if kept is not None else [value_row(v) for v in after]) == expected

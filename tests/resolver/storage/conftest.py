@@ -1,0 +1,23 @@
+"""The storage under test: every behaviour test runs against SQLiteStorage and the in-memory fake alike."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from resolver.storage.base import Storage
+from resolver.storage.sqlite import SQLiteStorage
+from tests.fakes import MemoryStorage
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
+    store: Storage
+    if request.param == "sqlite":
+        store = await SQLiteStorage.open(tmp_path / "handles.db")
+    else:
+        store = MemoryStorage()
+    yield store
+    await store.close()

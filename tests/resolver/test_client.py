@@ -1,0 +1,237 @@
+"""The REST client and the resolver's HTTP transport (resolver.client) against a small aiohttp server in
+the test's loop: msgpack negotiation, forwarding, and every failed exchange turned into an UpstreamError
+with its kind."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import msgpack
+import pytest
+from aiohttp import web
+
+from resolver.client import HandleClient, HttpTransport, Reply, basic_auth, describe_failure
+from resolver.codec import MSGPACK
+from resolver.errors import Attempt, FailureKind, UpstreamError
+from resolver.resolution import Failure, classify
+from tests.conftest import free_port
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Server:
+    """An aiohttp server on a free port whose one catch-all handler the test sets, and what it was sent."""
+
+    url: str
+    handler: Handler | None = None
+    seen: list[web.Request] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(request)
+        self.bodies.append(await request.read())
+        assert self.handler is not None, "the test set no handler"
+        return await self.handler(request)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    port = free_port()
+    served = Server(f"http://127.0.0.1:{port}")
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", served.dispatch)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield served
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HandleClient]:
+    async with aiohttp.ClientSession() as session:
+        yield HandleClient(session, timeout=2.0)
+
+
+def msgpack_answer(body: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgpack.packb(body), content_type=MSGPACK)
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+async def test_get_asks_for_msgpack_and_decodes_it(server: Server, client: HandleClient) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return msgpack_answer({"responseCode": 1, "handle": "88.118/X", "values": []})
+
+    server.handler = handler
+    reply = await client.get(server.url, "88.118/X y?z", params=[("type", "URL")])
+    assert reply == Reply(200, {"responseCode": 1, "handle": "88.118/X", "values": []})
+    assert reply.response_code == 1
+    request = server.seen[0]
+    assert request.headers["Accept"] == MSGPACK
+    assert request.raw_path == "/api/handles/88.118/X%20y%3Fz?type=URL"  # "/" kept, the rest encoded
+
+
+async def test_a_json_answer_is_read_as_json(server: Server, client: HandleClient) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"responseCode": 100, "message": "Handle Not Found"}, status=404)
+
+    server.handler = handler
+    reply = await client.get(server.url, "88.118/NONE")
+    assert (reply.status, reply.response_code, reply.body["message"]) == (404, 100, "Handle Not Found")
+
+
+async def test_put_sends_the_values_as_msgpack_with_the_credentials(server: Server, client: HandleClient) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return msgpack_answer({"responseCode": 1, "handle": "88.118/X"}, status=201)
+
+    server.handler = handler
+    values = [{"index": 1, "type": "URL", "data": "https://example.cn"}]
+    credentials = basic_auth("300:0.NA/88.118", "pw")
+    reply = await client.put(server.url, "88.118/X", values, authorization=credentials, params=[("overwrite", "false")])
+    assert reply.status == 201
+    request = server.seen[0]
+    assert request.method == "PUT" and request.query["overwrite"] == "false"
+    assert request.headers["Content-Type"] == MSGPACK and request.headers["Authorization"] == credentials
+    assert msgpack.unpackb(server.bodies[0]) == {"values": values}
+
+
+def test_basic_auth_percent_encodes_the_colon_of_the_identity() -> None:
+    header = basic_auth("300:0.NA/88.118", "s3cret")
+    assert header.startswith("Basic ")
+    assert base64.b64decode(header.removeprefix("Basic ")) == b"300%3A0.NA/88.118:s3cret"
+
+
+async def test_a_non_json_server_error_becomes_a_readable_reply(server: Server, client: HandleClient) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=502, text="<html>Bad Gateway</html>", content_type="application/json")
+
+    server.handler = handler
+    reply = await client.get(server.url, "88.118/X")
+    assert reply == Reply(502, {"responseCode": 2, "message": "<html>Bad Gateway</html>"})
+    # What the resolution makes of it: that server failed, with what it said.
+    assert classify(reply.status, reply.body) == Failure(
+        FailureKind.SERVER_ERROR, "HTTP 502, responseCode 2: <html>Bad Gateway</html>"
+    )
+
+
+async def test_a_body_that_is_not_an_object_becomes_an_error_reply(server: Server, client: HandleClient) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response([1, 2, 3])
+
+    server.handler = handler
+    assert await client.get(server.url, "88.118/X") == Reply(200, {"responseCode": 2})
+
+
+# -- failures: one UpstreamError, with the kind --------------------------------------------------
+
+
+async def test_a_refused_connection_is_cannot_connect(client: HandleClient) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(UpstreamError, match="cannot connect") as caught:
+        await client.get(url, "88.118/X")
+    error = caught.value
+    assert [(a.server, a.kind) for a in error.attempts] == [(url, FailureKind.CANNOT_CONNECT)]
+    assert error.message.startswith(f"GET {url}/api/handles/88.118/X failed: {url}: cannot connect (")
+    assert (error.http_status, error.response_code) == (502, 2)
+
+
+async def test_no_answer_within_the_timeout_is_timed_out(server: Server, client: HandleClient) -> None:
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await release.wait()  # never set: the answer never comes
+        return web.json_response({})
+
+    server.handler = handler
+    with pytest.raises(UpstreamError, match="timed out") as caught:
+        await client.get(server.url, "88.118/X", timeout=0.05)
+    assert caught.value.attempts == (Attempt(server.url, FailureKind.TIMEOUT, "timed out"),)
+
+
+async def test_forward_passes_the_answer_through_and_follows_no_redirect(server: Server, client: HandleClient) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        headers = {"WWW-Authenticate": 'Basic realm="handle"', "Location": "/elsewhere", "X-Other": "dropped"}
+        return web.Response(status=401, body=b'{"responseCode":402}', headers=headers, content_type=MSGPACK)
+
+    server.handler = handler
+    status, headers, body = await client.forward(
+        "DELETE", server.url, "/api/handles/88.118/X?index=1", {"Authorization": "Basic eDp5"}, None
+    )
+    assert (status, body) == (401, b'{"responseCode":402}')
+    assert headers == {"Content-Type": MSGPACK, "WWW-Authenticate": 'Basic realm="handle"', "Location": "/elsewhere"}
+    request = server.seen[0]
+    assert request.method == "DELETE" and request.raw_path == "/api/handles/88.118/X?index=1"
+    assert request.headers["Authorization"] == "Basic eDp5"
+
+
+async def test_forward_to_a_refused_port_names_the_server(client: HandleClient) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(UpstreamError, match="cannot connect") as caught:
+        await client.forward("PUT", url, "/api/handles/88.118/X", {}, b"{}")
+    assert caught.value.attempts[0].server == url and caught.value.attempts[0].kind is FailureKind.CANNOT_CONNECT
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "words"),
+    [
+        (TimeoutError(), FailureKind.TIMEOUT, "timed out"),
+        (aiohttp.ServerTimeoutError("read"), FailureKind.TIMEOUT, "timed out"),
+        (aiohttp.ServerDisconnectedError(), FailureKind.CONNECTION_LOST, "Server disconnected"),
+        (ConnectionResetError(104, "Connection reset by peer"), FailureKind.CONNECTION_LOST, "reset by peer"),
+        (aiohttp.ClientPayloadError("Response payload is not completed"), FailureKind.BAD_ANSWER, "not completed"),
+        (aiohttp.InvalidURL("nota url"), FailureKind.CANNOT_CONNECT, "cannot connect (invalid URL nota url)"),
+    ],
+)
+def test_describe_failure_names_the_kind(exc: BaseException, kind: FailureKind, words: str) -> None:
+    described_kind, reason = describe_failure(exc)
+    assert described_kind is kind and words in reason
+
+
+# -- the transport -------------------------------------------------------------------------------
+
+
+async def test_transport_query_returns_status_and_body_and_adds_its_params(
+    server: Server, client: HandleClient
+) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return msgpack_answer({"responseCode": 303, "prefix": "88.118", "values": []}, status=300)
+
+    server.handler = handler
+    transport = HttpTransport(client, params=[("trace", "true")])
+    assert await transport.query(server.url, "88.118.8/VIN", timeout=1.0) == (
+        300,
+        {"responseCode": 303, "prefix": "88.118", "values": []},
+    )
+    assert server.seen[0].raw_path == "/api/handles/88.118.8/VIN?trace=true"
+
+
+async def test_transport_query_raises_the_kind_for_the_resolution(client: HandleClient) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(UpstreamError) as caught:
+        await HttpTransport(client).query(url, "88.118.8/VIN", timeout=1.0)
+    failure = Failure.of(caught.value)
+    assert failure.kind is FailureKind.CANNOT_CONNECT and failure.reason.startswith("cannot connect (")
+
+
+async def test_transport_probe_is_true_only_for_a_healthy_answer(server: Server, client: HandleClient) -> None:
+    healthy = True
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        assert request.path == "/healthz"
+        return web.json_response({"status": "ok"}, status=200 if healthy else 503)
+
+    server.handler = handler
+    transport = HttpTransport(client)
+    assert await transport.probe(server.url, timeout=1.0) is True
+    healthy = False
+    assert await transport.probe(server.url, timeout=1.0) is False
+    assert await transport.probe(f"http://127.0.0.1:{free_port()}", timeout=1.0) is False
