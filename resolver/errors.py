@@ -29,7 +29,14 @@ The codes and statuses follow the HANDLE.NET REST API (Technical Manual §14.4 a
 An ``aiohttp`` middleware in ``nodes.shared.http_api`` turns any of these into a response; foreign exceptions are
 translated where they enter (``raise X(...) from exc``): aiohttp, socket and timeout errors of an
 upstream exchange in ``resolver.client``, once, into an ``UpstreamError`` with the kind of failure.
-``ConfigError`` is apart: it stops a node at startup and is never an answer to a request.
+Two more roots are never an answer to a request::
+
+    ConfigError                               a topology or node configuration that cannot be used:
+                                              it stops a node or a command at startup
+    BulkError                                 the bulk-registration client (``idres register``) stops
+    ├── InputError                            the input file cannot be read at all: nothing is sent
+    └── FatalError                            registration cannot go on (bad credentials, a mirror, an
+                                              unreachable server, a changed file); a resume goes on
 """
 
 from __future__ import annotations
@@ -44,11 +51,14 @@ __all__ = [
     "AuthenticationFailed",
     "AuthenticationNeeded",
     "BodyTooLarge",
+    "BulkError",
     "ConfigError",
     "FailureKind",
+    "FatalError",
     "HandleAlreadyExists",
     "HandleError",
     "HandleNotFound",
+    "InputError",
     "InvalidHandle",
     "InvalidValue",
     "MethodNotAllowed",
@@ -243,3 +253,15 @@ class ReplicationError(HandleError):
 
 class ConfigError(Exception):
     """A topology or node configuration that cannot be used; raised at startup, never per request."""
+
+
+class BulkError(Exception):
+    """The bulk-registration client cannot go on; its message is for the person running it."""
+
+
+class InputError(BulkError):
+    """The input file cannot be read at all (a bad CSV header, an empty file): nothing is sent."""
+
+
+class FatalError(BulkError):
+    """Registration cannot go on: bad credentials, a mirror, an unreachable server, a changed file."""

@@ -123,3 +123,20 @@ def test_the_core_imports_no_io_library(name: str) -> None:
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     } | {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert imported & set(IO_LIBRARIES) == set()
+
+
+TEST_MODULES = sorted((ROOT / "tests").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", TEST_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_test_modules_are_at_most_500_lines_and_import_no_other_test_module(path: Path) -> None:
+    """Tests mirror the code and are split by topic; what several share lives in conftest.py or a helper
+    module (tests/fakes.py, tests/processes.py...), never in another test module."""
+    text = path.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= MAX_LINES, f"{path.relative_to(ROOT)}: split it by topic"
+    imported = [
+        node.module
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tests.")
+    ]
+    assert [m for m in imported if m.rpartition(".")[2].startswith("test_")] == []

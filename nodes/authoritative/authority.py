@@ -38,7 +38,7 @@ from resolver.storage import Storage, Write
 from resolver.values import HandleValue
 from resolver.zone import NotHere, Refer, Zone
 
-__all__ = ["AUTHORITY", "Answer", "Authority", "Referral", "WriteObserver", "WriteResult"]
+__all__ = ["AUTHORITY", "Answer", "Authority", "WriteObserver", "WriteResult"]
 
 # Successful credential checks are remembered this long, so PBKDF2 is paid once per client, not per
 # request; a change to any HS_SECKEY value forgets them all at once.
@@ -83,12 +83,6 @@ class Answer:
 
     values: tuple[HandleValue, ...] | None
     filtered: bool  # type= or index= was given (an empty selection is then "values not found")
-
-
-@dataclass(frozen=True, slots=True)
-class Referral:
-    prefix: str
-    sites: tuple[HandleValue, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,12 +217,12 @@ class Authority:
         types: Sequence[str] = (),
         indexes: Sequence[int] = (),
         identity: Identity | None = None,
-    ) -> Answer | Referral:
+    ) -> Answer | Refer:
         decision = self.zone.route(handle)
         if isinstance(decision, NotHere):
             raise NotResponsible(decision.reason, handle=handle.text)
         if isinstance(decision, Refer):
-            return Referral(decision.prefix, decision.sites)
+            return decision  # the prefix is delegated: its sites answer
         record = await self.store.get(handle.key)
         if record is None:
             return Answer(None, False)

@@ -23,6 +23,8 @@ from typing import Any
 
 import msgpack
 
+from resolver.errors import InputError
+
 __all__ = [
     "FORMATS",
     "MAX_BATCH_BYTES",
@@ -54,10 +56,6 @@ _STRUCTURED = frozenset({"HS_ADMIN", "HS_VLIST", "HS_SITE", "HS_SITE.6", "HS_SIT
 
 Item = tuple[int, str, list[dict[str, Any]]]
 """One operation of a batch as it was read: (line number, handle, values in HANDLE.NET wire form)."""
-
-
-class InputError(Exception):
-    """The input file cannot be read at all (a bad CSV header, an empty file): nothing is sent."""
 
 
 @dataclass(frozen=True, slots=True)

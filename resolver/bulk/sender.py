@@ -24,7 +24,7 @@ from resolver.backoff import backoff_delay
 from resolver.bulk.reader import Batch, Rejected
 from resolver.client import HandleClient, basic_auth, describe_failure
 from resolver.codec import MSGPACK
-from resolver.errors import HandleError, UpstreamError
+from resolver.errors import FatalError, HandleError, UpstreamError
 from resolver.values import HandleValue, value_from_wire
 
 __all__ = ["BatchSender", "FatalError", "Outcome", "RetryPolicy", "decode_reply", "same_values"]
@@ -32,10 +32,6 @@ __all__ = ["BatchSender", "FatalError", "Outcome", "RetryPolicy", "decode_reply"
 VERIFY_CONCURRENCY = 16  # GETs in flight while checking "already exists" answers
 _RETRY_STATUSES = frozenset({408, 429})
 MIRROR = 7  # responseCode of a write sent to a mirror
-
-
-class FatalError(Exception):
-    """Registration cannot go on: bad credentials, a mirror, an unreachable server, a changed file."""
 
 
 @dataclass(frozen=True, slots=True)
