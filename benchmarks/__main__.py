@@ -127,5 +127,14 @@ def failover(ctx: click.Context) -> None:
     sys.exit(run(ctx.args))
 
 
+@main.command(context_settings=_PASS_THROUGH)
+@click.pass_context
+def compare(ctx: click.Context) -> None:
+    """The recursive node's hot path, this checkout against a git revision (--against REV), side by side."""
+    from benchmarks.compare import main as run
+
+    sys.exit(run(ctx.args))
+
+
 if __name__ == "__main__":
     main()
