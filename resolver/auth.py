@@ -94,9 +94,11 @@ def hash_secret(secret: str, *, iterations: int = PBKDF2_ITERATIONS) -> str:
     return "$".join((_SCHEME, str(iterations), base64.b64encode(salt).decode(), base64.b64encode(digest).decode()))
 
 
-# A stored hash with an absurd iteration count would make every login attempt against it burn a
-# worker thread for minutes; such a value is not accepted as a hash (it is hashed as a secret).
-MAX_STORED_ITERATIONS = 10 * PBKDF2_ITERATIONS
+# A stored hash with a huge iteration count would make every login attempt against it burn a worker
+# thread for seconds (1,999,999 was accepted: issue 11, finding 10); such a value is not accepted as a
+# hash (it is hashed as a secret when written) and verifies nothing, without being run. Twice the
+# count we hash with leaves room to raise that count once and still verify the older hashes.
+MAX_STORED_ITERATIONS = 2 * PBKDF2_ITERATIONS
 
 
 def is_hashed(stored: object) -> bool:
@@ -143,9 +145,13 @@ def parse_basic(header: str) -> tuple[Identity, str]:
     if scheme.lower() != "basic":
         raise AuthenticationFailed(f"unsupported authorization scheme {scheme!r}: use Basic")
     try:
+        # b64decode raises ValueError for a token that is not ASCII (``Basic é``), binascii.Error
+        # (a ValueError too) for bad base64, UnicodeDecodeError (also one) for bytes that are not UTF-8.
         decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError) as exc:
-        raise AuthenticationFailed("the Basic credentials are not valid base64 of UTF-8 text") from exc
+    except ValueError as exc:
+        raise AuthenticationFailed(
+            "the Basic credentials cannot be read: they are not valid base64 of UTF-8 text"
+        ) from exc
     user, sep, secret = decoded.partition(":")
     if not sep:
         raise AuthenticationFailed("the Basic credentials have no ':' between user and secret")

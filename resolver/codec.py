@@ -2,17 +2,24 @@
 
 Stored values are packed as compact arrays (``[index, type, format, value, ttl, timestamp,
 permissions, references]``) rather than dicts: smaller files and faster loads.
+
+Whatever a body holds, decoding it ends in a value or a ``ProtocolError`` that says what is wrong,
+never another exception: containers nested deeper than ``limits.MAX_NESTING`` (Python's parsers
+raise RecursionError at about 1,000), JSON integers of more than 4,300 digits (ValueError from
+Python's int-string conversion limit), msgpack's StackError.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import msgpack
 
 from resolver.errors import ProtocolError, UnsupportedMediaType
+from resolver.limits import MAX_NESTING, nested_deeper
 from resolver.values import HandleValue, Reference
 
 __all__ = [
@@ -83,28 +90,50 @@ def encode(obj: Any, media_type: str) -> bytes:
 
 
 def decode(body: bytes, media_type: str) -> Any:
-    """Parse a request body; malformed input is a ProtocolError that says where it broke."""
+    """Parse a request body or an upstream answer; malformed input is a ProtocolError that says
+    where it broke, and so is one nested deeper than ``MAX_NESTING`` levels."""
     if media_type == MSGPACK:
-        try:
-            return msgpack.unpackb(body, raw=False, strict_map_key=True)
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise ProtocolError(f"request body is not valid msgpack: {exc}") from exc
-    if media_type == NDJSON:
-        items = []
-        for lineno, line in enumerate(body.split(b"\n"), 1):
-            if line.strip():
-                items.append(_json(line, f"line {lineno}"))
-        return items
-    return _json(body, "request body")
+        doc = _msgpack(body, "request body")
+    elif media_type == NDJSON:
+        doc = [_json(line, f"line {lineno}") for lineno, line in enumerate(body.split(b"\n"), 1) if line.strip()]
+    else:
+        doc = _json(body, "request body")
+    if nested_deeper(doc):
+        raise _too_deep("request body")
+    return doc
+
+
+def _too_deep(what: str) -> ProtocolError:
+    return ProtocolError(f"{what} is nested deeper than {MAX_NESTING} levels")
+
+
+def _msgpack(body: bytes, what: str) -> Any:
+    try:
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except msgpack.StackError as exc:  # nested past msgpack's own stack
+        raise _too_deep(what) from exc
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"{what} is not valid msgpack: {exc or type(exc).__name__}") from exc
 
 
 def _json(body: bytes, what: str) -> Any:
     try:
         return json.loads(body)
-    except UnicodeDecodeError as exc:
-        raise ProtocolError(f"{what} is not UTF-8: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _json_error(exc, what) from exc
+
+
+def _json_error(exc: ValueError | RecursionError, what: str, *, line: bool = True) -> ProtocolError:
+    """What is wrong with a JSON text, in words (``line``: say the line of a JSONDecodeError)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return ProtocolError(f"{what} is not UTF-8: {exc}")
+    if isinstance(exc, json.JSONDecodeError):
+        where = f"line {exc.lineno} column {exc.colno}" if line else f"column {exc.colno}"
+        return ProtocolError(f"{what} is not valid JSON: {exc.msg} at {where}")
+    if isinstance(exc, RecursionError):
+        return _too_deep(what)
+    # The int-string conversion limit: Python refuses to read an integer of thousands of digits.
+    return ProtocolError(f"{what} holds an integer of more than {sys.get_int_max_str_digits():,} digits")
 
 
 def value_row(v: HandleValue) -> list[Any]:
@@ -157,6 +186,8 @@ def _check_count(count: int, limit: int) -> None:
 
 
 def _bad_msgpack(exc: Exception) -> ProtocolError:
+    if isinstance(exc, msgpack.StackError):
+        return _too_deep("request body")
     return ProtocolError(f"request body is not valid msgpack: {exc or type(exc).__name__}")
 
 
@@ -208,10 +239,8 @@ def _msgpack_operations(body: bytes, limit: int) -> tuple[int, Iterator[Any]]:
 def _ndjson_line(line: bytes, number: int) -> Any:
     try:
         return json.loads(line)
-    except UnicodeDecodeError as exc:
-        return Malformed(f"line {number} is not UTF-8: {exc}")
-    except json.JSONDecodeError as exc:
-        return Malformed(f"line {number} is not valid JSON: {exc.msg} at column {exc.colno}")
+    except (ValueError, RecursionError) as exc:
+        return Malformed(_json_error(exc, f"line {number}", line=False).message)
 
 
 def batch_operations(body: bytes, media: str, limit: int) -> tuple[int, Iterator[Any]]:
@@ -228,7 +257,7 @@ def batch_operations(body: bytes, media: str, limit: int) -> tuple[int, Iterator
         lines = [(number, line) for number, line in enumerate(body.split(b"\n"), 1) if line.strip()]
         _check_count(len(lines), limit)
         return len(lines), (_ndjson_line(line, number) for number, line in lines)
-    doc = decode(body, JSON)
+    doc = _json(body, "request body")  # operations are checked one by one: no walk of a whole bulk load
     ops = doc.get("operations") if isinstance(doc, dict) else doc
     if not isinstance(ops, list):
         raise ProtocolError(_BATCH_SHAPE)

@@ -205,7 +205,9 @@ class RecursiveResolver:
 
     async def probe_forever(self) -> None:
         """Ask every server marked down for ``/healthz`` each probe interval until it answers
-        (CoreDNS forward's health checks): recovery does not wait for client traffic."""
+        (CoreDNS forward's health checks): recovery does not wait for client traffic. Only servers
+        still tracked are probed: one no client asked for ``forget_after`` is dropped by
+        ``down_servers``, and a probe's outcome neither keeps it nor brings it back."""
         interval = self.upstreams.config.probe_interval
         while True:
             await asyncio.sleep(interval)
@@ -216,9 +218,9 @@ class RecursiveResolver:
                 except Exception:  # a broken probe must not end probing for every server
                     healthy = False
                 if healthy:
-                    self.upstreams.success(url, time.perf_counter() - started)
+                    self.upstreams.success(url, time.perf_counter() - started, probe=True)
                 else:
-                    self.upstreams.failure(url, "health probe failed")
+                    self.upstreams.failure(url, "health probe failed", probe=True)
 
     async def close(self) -> None:
         tasks = [*self._background, *self._inflight.values()]

@@ -10,6 +10,7 @@ The codes and statuses follow the HANDLE.NET REST API (Technical Manual §14.4 a
     │   └── MethodNotAllowed (4, 405)         also an unknown endpoint, as HANDLE.NET answers
     ├── NotSupported (5, 501)
     ├── ServerBusy (3, 503)
+    │   └── TooManyRequests (3, 429)          too many failed logins: ``retry_after`` seconds to wait
     ├── ReadOnly (7, 503)                     a mirror asked to write
     ├── NotReplicated (2, 503)                sync_mirrors: committed here, no mirror confirmed it in time
     ├── HandleNotFound (100, 404)             only on writes: resolution answers "not found", it does not raise
@@ -70,6 +71,7 @@ __all__ = [
     "ReadOnly",
     "ReplicationError",
     "ServerBusy",
+    "TooManyRequests",
     "UnsupportedMediaType",
     "UpstreamError",
     "ValueAlreadyExists",
@@ -82,6 +84,8 @@ class HandleError(Exception):
 
     response_code: ClassVar[int] = 2
     http_status: ClassVar[int] = 500
+    retry_after: int | None = None
+    """Whole seconds the client should wait before trying again (the ``Retry-After`` header), when known."""
 
     def __init__(self, message: str, *, handle: str | None = None) -> None:
         super().__init__(message)
@@ -122,6 +126,20 @@ class NotSupported(HandleError):
 class ServerBusy(HandleError):
     response_code = 3
     http_status = 503
+
+
+class TooManyRequests(ServerBusy):
+    """Too many failed logins from one client or for one identity (``nodes.authoritative.login_limits``).
+
+    HANDLE.NET has no code for a rate limit; 3 ("server too busy") is its "try again later", which a
+    client already treats as transient, whereas 403 would say the secret is wrong. HTTP says which:
+    429 with ``Retry-After`` (RFC 6585 §4)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: int, handle: str | None = None) -> None:
+        super().__init__(message, handle=handle)
+        self.retry_after = retry_after
 
 
 class ReadOnly(HandleError):

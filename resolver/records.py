@@ -8,7 +8,7 @@ from typing import Any
 
 from resolver.errors import InvalidValue, ProtocolError, ValueAlreadyExists, ValuesNotFound
 from resolver.limits import DEFAULT_LIMITS, Limits
-from resolver.values import HandleValue, value_from_wire, values_size
+from resolver.values import HandleValue, describe, value_from_wire, values_size
 
 __all__ = [
     "Record",
@@ -43,7 +43,8 @@ def parse_put_body(
     if isinstance(body, Mapping) and "values" in body:
         if "handle" in body and body["handle"] != handle_text:
             raise ProtocolError(
-                f"body names handle {body['handle']!r} but the path names {handle_text!r}", handle=handle_text
+                f"body names handle {describe(body['handle'])} but the path names {describe(handle_text)}",
+                handle=handle_text,
             )
         raw_values = body["values"]
     elif isinstance(body, list):

@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from resolver.values import DEFAULT_TTL, HandleValue
 
-__all__ = ["SiteServer", "is_site_type", "is_site_value", "site_data", "site_servers", "site_value"]
+__all__ = [
+    "MAX_SITE_SERVERS",
+    "SiteServer",
+    "is_site_type",
+    "is_site_value",
+    "normal_host",
+    "site_data",
+    "site_servers",
+    "site_value",
+]
+
+MAX_SITE_SERVERS = 16
+"""Servers kept from one referral. HANDLE.NET sites have a handful of servers and a prefix a site or
+two (a primary and its mirrors); a referral naming hundreds is someone making the resolver track and
+probe addresses of their choosing (DESIGN.md §11), so the rest are ignored, primary sites first kept."""
+
+_HOSTNAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+_IPV4_PART = re.compile(r"0x[0-9a-f]*|[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +73,56 @@ def site_value(
     return HandleValue(index, "HS_SITE", "site", site_data(host, port, primary=primary, description=description), ttl)
 
 
+def _ipv4(host: str) -> str | None:
+    """``host`` as a dotted quad if it is an IPv4 address in any spelling that resolvers accept
+    (``127.1``, ``0x7f.0.0.1``, ``2130706433``: inet_aton's rules, as the WHATWG URL standard's IPv4
+    parser), else None."""
+    parts = host.split(".")
+    if not 1 <= len(parts) <= 4 or not all(_IPV4_PART.fullmatch(p) for p in parts):
+        return None
+    numbers = []
+    for part in parts:
+        if part.startswith("0x"):
+            numbers.append(int(part[2:] or "0", 16))
+        elif len(part) > 1 and part.startswith("0"):
+            if not part.isdigit() or "8" in part or "9" in part:
+                return None
+            numbers.append(int(part, 8))
+        else:
+            numbers.append(int(part))
+    *leading, last = numbers
+    if any(n > 255 for n in leading) or last >= 256 ** (5 - len(numbers)):
+        return None
+    value = last
+    for i, n in enumerate(leading):
+        value += n << (8 * (3 - i))
+    return str(ipaddress.IPv4Address(value))
+
+
+def normal_host(address: str) -> str | None:
+    """The one spelling of a site server's address used in URLs, or None if it is no address: an
+    IPv4 address as a dotted quad, IPv6 compressed in brackets, a host name in lower case without a
+    trailing dot. So differently spelt copies of one server count once."""
+    host = address.strip().lower()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if ":" in host:
+        try:
+            return f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            return None
+    host = host.removesuffix(".")
+    dotted = _ipv4(host)
+    if dotted is not None:
+        return dotted
+    if _IPV4_PART.fullmatch(host.rpartition(".")[2]):
+        return None  # numeric like an IPv4 address, but not one (127.0.0.256): resolvers refuse it too
+    return host if _HOSTNAME.fullmatch(host) else None
+
+
 def site_servers(values: Sequence[HandleValue]) -> list[SiteServer]:
-    """The HTTP servers named by HS_SITE values, primary sites first (their order kept otherwise)."""
+    """The HTTP servers named by HS_SITE values, primary sites first (their order kept otherwise):
+    each server once (by scheme, normalised address and port), at most ``MAX_SITE_SERVERS``."""
     found: list[SiteServer] = []
     for v in values:
         if not is_site_value(v):
@@ -66,8 +133,14 @@ def site_servers(values: Sequence[HandleValue]) -> list[SiteServer]:
             for iface in server.get("interfaces", []):
                 if iface.get("protocol") in ("HTTP", "HTTPS") and iface.get("query", True):
                     scheme = iface["protocol"].lower()
-                    host = server["address"]
-                    if ":" in host and not host.startswith("["):
-                        host = f"[{host}]"  # IPv6 literal
-                    found.append(SiteServer(f"{scheme}://{host}:{iface['port']}", primary, desc))
-    return sorted(found, key=lambda s: not s.primary)
+                    host = normal_host(str(server.get("address", "")))
+                    port = iface.get("port")
+                    if host is None or type(port) is not int or not 0 < port < 65536:
+                        continue  # not an address a URL can name: nothing to ask
+                    found.append(SiteServer(f"{scheme}://{host}:{port}", primary, desc))
+    unique: dict[str, SiteServer] = {}
+    for site in sorted(found, key=lambda s: not s.primary):
+        unique.setdefault(site.url, site)
+        if len(unique) == MAX_SITE_SERVERS:
+            break
+    return list(unique.values())

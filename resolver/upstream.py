@@ -1,10 +1,16 @@
-"""Failover policy and health of upstream servers: smoothed RTT, failure counts, down marks, per-try timeouts."""
+"""Failover policy and health of upstream servers: smoothed RTT, failure counts, down marks, per-try timeouts.
+
+The table is bounded (DESIGN.md §11: every server a referral names is untrusted): at most
+``max_servers`` servers besides the root hints, the least recently asked forgotten first, and a
+server no resolution asked for ``forget_after`` seconds is forgotten, so it is no longer probed.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from resolver.errors import ConfigError
@@ -38,6 +44,16 @@ class UpstreamConfig:
     """Floor of one try (Unbound's ``infra-cache-min-rtt`` is 50 ms)."""
     deadline: float = 3.0
     """Budget of one whole client request, every level and retry included (CoreDNS: 5 s per request)."""
+    max_servers: int = 1024
+    """Servers whose health is kept besides the root hints; past it the least recently asked is
+    forgotten (Unbound bounds its infra cache the same way, ``infra-cache-numhosts``). A referral
+    names at most 16 servers (``resolver.sites.MAX_SITE_SERVERS``), so this holds 64 delegations'
+    worth asked within ``forget_after``, far more than a deployment's nodes, while a referral listing
+    thousands of addresses cannot grow the table, the probes or the metrics past it."""
+    forget_after: float = 600.0
+    """Seconds after which a server no resolution asked is forgotten, with its down mark and its
+    probes (Unbound's ``infra-host-ttl`` is 900 s): a down server is probed for ten minutes after a
+    client last needed it, not forever at whatever address a referral chose."""
 
     def __post_init__(self) -> None:
         if self.max_fails < 0:
@@ -50,6 +66,10 @@ class UpstreamConfig:
             raise ConfigError("need 0 < min_try_timeout <= try_timeout <= deadline")
         if self.initial_srtt <= 0 or self.mirror_penalty <= 0 or self.probe_interval <= 0:
             raise ConfigError("initial_srtt, mirror_penalty and probe_interval must be positive")
+        if isinstance(self.max_servers, bool) or not isinstance(self.max_servers, int) or self.max_servers < 1:
+            raise ConfigError(f"max_servers must be a whole number of servers, 1 or more, not {self.max_servers!r}")
+        if not self.forget_after > 0:
+            raise ConfigError(f"forget_after must be a positive number of seconds, not {self.forget_after!r}")
 
 
 DEFAULT_UPSTREAM_CONFIG = UpstreamConfig()
@@ -83,21 +103,64 @@ class Upstreams:
     """Health of every upstream server seen, and the order and timeouts that follow from it.
 
     Pure bookkeeping: the resolution state machine reports each try's outcome here, and the driver
-    probes :meth:`down_servers` every ``probe_interval`` and reports those outcomes too.
+    probes :meth:`down_servers` every ``probe_interval`` and reports those outcomes too (with
+    ``probe=True``: a probe is not a use, so it neither keeps a server remembered nor brings back
+    one forgotten meanwhile). The servers in ``keep`` (the root hints: every walk starts there) are
+    never forgotten; ``on_forget`` hears of every other server that is, so its metrics can go too.
     """
 
     def __init__(
-        self, config: UpstreamConfig = DEFAULT_UPSTREAM_CONFIG, clock: Callable[[], float] = time.monotonic
+        self,
+        config: UpstreamConfig = DEFAULT_UPSTREAM_CONFIG,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        keep: Iterable[str] = (),
+        on_forget: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
         self._health: dict[str, ServerHealth] = {}
+        self._keep = frozenset(keep)
+        # When each forgettable server was last asked, least recently first (the LRU order).
+        self._asked: OrderedDict[str, float] = OrderedDict()
+        self._on_forget = on_forget
 
-    def _get(self, url: str) -> ServerHealth:
+    def _get(self, url: str, *, probe: bool = False) -> ServerHealth | None:
+        """The live record of ``url``, now the most recently asked; a probe only finds one."""
         health = self._health.get(url)
+        if probe:
+            return health
         if health is None:
             health = self._health[url] = ServerHealth(url, self.config.initial_srtt)
+        if url not in self._keep:
+            self._asked[url] = self._clock()
+            self._asked.move_to_end(url)
+            while len(self._asked) > self.config.max_servers:
+                self._forget(next(iter(self._asked)))
         return health
+
+    def _forget(self, url: str) -> None:
+        del self._asked[url]
+        del self._health[url]
+        if self._on_forget is not None:
+            self._on_forget(url)
+
+    def forget_idle(self) -> None:
+        """Forget the servers not asked for ``forget_after`` seconds (the root hints stay)."""
+        cutoff = self._clock() - self.config.forget_after
+        while self._asked:
+            url, asked = next(iter(self._asked.items()))
+            if asked > cutoff:
+                break
+            self._forget(url)
+
+    def __len__(self) -> int:
+        """How many servers are tracked, root hints included."""
+        return len(self._health)
+
+    def tracks(self, url: str) -> bool:
+        """Whether anything is known about ``url`` (it was asked and not forgotten since)."""
+        return url in self._health
 
     def effective_srtt(self, server: SiteServer) -> float:
         """The SRTT used for ordering: a mirror's is scaled by ``mirror_penalty``."""
@@ -141,9 +204,11 @@ class Upstreams:
         adaptive = 4 * health.srtt * (1 << min(health.fails, _MAX_BACKOFF_SHIFT))
         return min(max(adaptive, config.min_try_timeout), config.try_timeout)
 
-    def success(self, url: str, rtt: float) -> None:
+    def success(self, url: str, rtt: float, *, probe: bool = False) -> None:
         """A usable reply came back after ``rtt`` seconds: update SRTT, clear the failure count and down mark."""
-        health = self._get(url)
+        health = self._get(url, probe=probe)
+        if health is None:
+            return  # a probe's answer from a server forgotten while it was asked
         rtt = max(rtt, 0.0)
         if health.successes == 0:
             health.srtt = rtt  # the first sample replaces the guess (RFC 6298 §2.2)
@@ -155,9 +220,11 @@ class Upstreams:
         health.down = False
         health.last_success = self._clock()
 
-    def failure(self, url: str, reason: str) -> None:
+    def failure(self, url: str, reason: str, *, probe: bool = False) -> None:
         """A try failed (no connection, timeout, 5xx, unusable reply); mark down after ``max_fails`` in a row."""
-        health = self._get(url)
+        health = self._get(url, probe=probe)
+        if health is None:
+            return
         health.fails += 1
         health.failures += 1
         health.last_failure = self._clock()
@@ -166,7 +233,8 @@ class Upstreams:
             health.down = True
 
     def down_servers(self) -> list[str]:
-        """URLs of the servers marked down, for the driver's background probes."""
+        """URLs of the servers marked down and not forgotten, for the driver's background probes."""
+        self.forget_idle()
         return [url for url, health in self._health.items() if health.down]
 
     def health(self, url: str) -> ServerHealth:
@@ -175,5 +243,6 @@ class Upstreams:
         return ServerHealth(url, self.config.initial_srtt) if health is None else dataclasses.replace(health)
 
     def snapshot(self) -> dict[str, ServerHealth]:
-        """Copies of every server's health, for metrics and the status page."""
+        """Copies of every tracked server's health, for metrics and the status page."""
+        self.forget_idle()
         return {url: dataclasses.replace(health) for url, health in self._health.items()}

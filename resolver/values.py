@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resolver.errors import InvalidHandle, InvalidValue
-from resolver.limits import DEFAULT_LIMITS, Limits
+from resolver.limits import DEFAULT_LIMITS, MAX_NESTING, Limits
 from resolver.names import parse_handle
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "FORMATS",
     "HandleValue",
     "Reference",
+    "describe",
     "format_timestamp",
     "simple_value_rows",
     "value_from_wire",
@@ -118,6 +119,55 @@ def value_to_wire(v: HandleValue) -> dict[str, Any]:
 
 # -- reading values from clients ---------------------------------------------------------------
 
+_SHOWN = 60  # characters of a client's string quoted back in an error message
+_SHOWN_BITS = 64  # a larger integer is described, not written out (4,300 digits raise ValueError)
+
+
+def describe(raw: Any) -> str:
+    """A client's value, short, for an error message: JSON for a short scalar, else what it is.
+
+    The one place messages quote what a client sent. Safe for anything a decoder returns: bytes,
+    msgpack extension types and timestamps, integers of thousands of digits, deep containers (a
+    ``json.dumps`` or ``repr`` of those raises or runs for pages)."""
+    if raw is None or type(raw) is bool:
+        return "null" if raw is None else str(raw).lower()
+    if isinstance(raw, int):
+        return str(raw) if raw.bit_length() <= _SHOWN_BITS else f"an integer of {raw.bit_length()} bits"
+    if isinstance(raw, float):
+        return json.dumps(raw)
+    if isinstance(raw, str):
+        if len(raw) <= _SHOWN:
+            return json.dumps(raw, ensure_ascii=False)
+        return json.dumps(raw[:_SHOWN] + "...", ensure_ascii=False) + f" ({len(raw):,} characters)"
+    if isinstance(raw, (bytes, bytearray)):
+        return f"binary data ({len(raw):,} bytes)"
+    if isinstance(raw, list):
+        return f"a list of {len(raw):,} items" if raw else "[]"
+    if isinstance(raw, Mapping):
+        return f"an object of {len(raw):,} members" if raw else "{}"
+    return f"a msgpack {type(raw).__name__}"  # ExtType, Timestamp: what else msgpack decodes
+
+
+def _plain_json(raw: Any, where: str, what: str, depth: int = 0) -> None:
+    """Refuse data kept as sent (a JSON Web Key, a site's public key) unless it is plain JSON of
+    bounded depth: a msgpack body can carry bytes or extension types, which no JSON answer can
+    hold, and a deep value would break the encoder of every answer that includes it."""
+    if depth > MAX_NESTING:
+        raise _fail(where, f"{what} is nested deeper than {MAX_NESTING} levels")
+    if isinstance(raw, Mapping):
+        for key, item in raw.items():
+            if not isinstance(key, str):
+                raise _fail(where, f"{what} must be plain JSON: a member name is {describe(key)}")
+            _plain_json(item, where, what, depth + 1)
+    elif isinstance(raw, list):
+        for item in raw:
+            _plain_json(item, where, what, depth + 1)
+    elif isinstance(raw, float):
+        if raw != raw or raw in (float("inf"), float("-inf")):
+            raise _fail(where, f"{what} must be plain JSON, not {describe(raw)}")
+    elif not (raw is None or isinstance(raw, (str, int))):
+        raise _fail(where, f"{what} must be plain JSON, not {describe(raw)}")
+
 
 def _fail(where: str, message: str) -> InvalidValue:
     return InvalidValue(f"{where}: {message}")
@@ -126,17 +176,20 @@ def _fail(where: str, message: str) -> InvalidValue:
 def _int(raw: Any, where: str, what: str, *, low: int, high: int) -> int:
     # pyhandle sends the admin index as the string "200"; HANDLE.NET accepts both.
     if isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdigit():
-        raw = int(raw)
+        digits = raw.strip().lstrip("0")
+        if len(digits) > len(str(high)):  # never int() thousands of digits (ValueError past 4,300)
+            raise _fail(where, f"{what} {describe(raw)} is out of range ({low} to {high})")
+        raw = int(digits or "0")
     if not isinstance(raw, int) or isinstance(raw, bool):
-        raise _fail(where, f"{what} must be an integer, not {json.dumps(raw)}")
+        raise _fail(where, f"{what} must be an integer, not {describe(raw)}")
     if not low <= raw <= high:
-        raise _fail(where, f"{what} {raw} is out of range ({low} to {high})")
+        raise _fail(where, f"{what} {describe(raw)} is out of range ({low} to {high})")
     return raw
 
 
 def _handle_ref(raw: Any, where: str) -> str:
     if not isinstance(raw, str):
-        raise _fail(where, f"handle must be a string, not {json.dumps(raw)}")
+        raise _fail(where, f"handle must be a string, not {describe(raw)}")
     try:
         return parse_handle(raw).text
     except InvalidHandle as exc:
@@ -147,12 +200,12 @@ def admin_permissions(raw: Any, where: str) -> str:
     """HS_ADMIN permissions as 12 characters of 0/1, rightmost bit 0 (HANDLE.NET ``AdminRecord``)."""
     if isinstance(raw, int) and not isinstance(raw, bool):
         if not 0 <= raw < 1 << ADMIN_PERMISSION_BITS:
-            raise _fail(where, f"admin permissions {raw} do not fit in 12 bits")
+            raise _fail(where, f"admin permissions {describe(raw)} do not fit in 12 bits")
         return format(raw, "012b")
     if raw == "*":
         return "1" * ADMIN_PERMISSION_BITS
     if not isinstance(raw, str) or not raw or len(raw) > ADMIN_PERMISSION_BITS or set(raw) - {"0", "1"}:
-        raise _fail(where, f"admin permissions must be up to 12 characters of 0 and 1, not {json.dumps(raw)}")
+        raise _fail(where, f"admin permissions must be up to 12 characters of 0 and 1, not {describe(raw)}")
     return raw.rjust(ADMIN_PERMISSION_BITS, "0")
 
 
@@ -213,6 +266,7 @@ def _site(raw: Any, where: str) -> dict[str, Any]:
             "interfaces": clean_interfaces,
         }
         if "publicKey" in server:
+            _plain_json(server["publicKey"], where, f"site server {i} publicKey")
             clean["publicKey"] = server["publicKey"]
         clean_servers.append(clean)
     attributes = raw.get("attributes", [])
@@ -221,9 +275,12 @@ def _site(raw: Any, where: str) -> dict[str, Any]:
         for a in attributes
     ):
         raise _fail(where, 'site attributes must be a list of {"name", "value"} strings')
+    protocol_version = raw.get("protocolVersion", "2.10")
+    if not isinstance(protocol_version, (str, int, float)) or isinstance(protocol_version, bool):
+        raise _fail(where, f'site protocolVersion must be a string such as "2.10", not {describe(protocol_version)}')
     return {
         "version": _int(raw.get("version", 1), where, "site version", low=0, high=MAX_INDEX),
-        "protocolVersion": str(raw.get("protocolVersion", "2.10")),
+        "protocolVersion": str(protocol_version),
         "serialNumber": _int(raw.get("serialNumber", 1), where, "serialNumber", low=0, high=MAX_INDEX),
         "primarySite": bool(raw.get("primarySite", True)),
         "multiPrimary": bool(raw.get("multiPrimary", False)),
@@ -260,10 +317,7 @@ def _data(fmt: str, raw: Any, where: str) -> Any:
     # "key": a JSON Web Key, kept as sent, but it must be JSON (a msgpack body could carry bytes).
     if not isinstance(raw, Mapping):
         raise _fail(where, "key data must be a JSON Web Key object")
-    try:
-        json.dumps(raw)
-    except (TypeError, ValueError) as exc:
-        raise _fail(where, f"key data must be plain JSON ({exc})") from exc
+    _plain_json(raw, where, "key data")
     return dict(raw)
 
 
@@ -279,12 +333,12 @@ def value_from_wire(raw: Any, *, position: int, now: int, limits: Limits = DEFAU
     if not isinstance(raw, Mapping):
         raise _fail(where, 'each value must be an object with "index", "type" and "data"')
     if "index" in raw:
-        where = f"value {position} (index {raw['index']})"
+        where = f"value {position} (index {describe(raw['index'])})"
     if "index" not in raw:
         raise _fail(where, 'missing "index"')
     index = raw["index"]
     if not isinstance(index, int) or isinstance(index, bool):
-        raise _fail(where, f"index must be an integer, not {json.dumps(index)}")
+        raise _fail(where, f"index must be an integer, not {describe(index)}")
     if not 1 <= index <= MAX_INDEX:
         raise _fail(where, "value indexes must be positive")
     vtype = raw.get("type")
@@ -306,7 +360,7 @@ def value_from_wire(raw: Any, *, position: int, now: int, limits: Limits = DEFAU
         # A bare value is accepted, as HANDLE.NET does (Technical Manual §14.8); pyhandle sends these.
         fmt, payload = _TYPE_FORMATS.get(vtype.upper(), "string"), data
     if not isinstance(fmt, str) or fmt not in FORMATS:
-        raise _fail(where, f"unknown data format {json.dumps(fmt)} (known: {', '.join(sorted(FORMATS))})")
+        raise _fail(where, f"unknown data format {describe(fmt)} (known: {', '.join(sorted(FORMATS))})")
     value = _data(fmt, payload, where)
     try:
         size = _encoded_size(value)
@@ -316,7 +370,7 @@ def value_from_wire(raw: Any, *, position: int, now: int, limits: Limits = DEFAU
         raise _fail(where, f"data is {size} bytes (at most {limits.max_value_bytes})")
     ttl = raw.get("ttl", DEFAULT_TTL)
     if isinstance(ttl, str) and not (ttl.isascii() and ttl.isdigit()):
-        raise _fail(where, f"absolute TTLs are not supported; give seconds, not {json.dumps(ttl)}")
+        raise _fail(where, f"absolute TTLs are not supported; give seconds, not {describe(ttl)}")
     ttl = _int(ttl, where, "ttl", low=0, high=MAX_TTL)
     default_perms = SECRET_PERMISSIONS if vtype.upper() == "HS_SECKEY" else DEFAULT_PERMISSIONS
     perms = raw.get("permissions", default_perms)
@@ -324,7 +378,7 @@ def value_from_wire(raw: Any, *, position: int, now: int, limits: Limits = DEFAU
         raise _fail(
             where,
             f"permissions must be 4 characters of 0 and 1 (admin read, admin write, "
-            f"public read, public write), not {json.dumps(perms)}",
+            f"public read, public write), not {describe(perms)}",
         )
     refs_raw = raw.get("references", [])
     if not isinstance(refs_raw, list):

@@ -57,6 +57,7 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
             config.limits,
             read_only=role.is_mirror,
             remote_verifier=remote_verifier(HandleClient(session), roots),
+            proxies=frozenset(n.host for n in config.topology.nodes.values() if n.role == "recursive"),
         )
         await authority.start()
         if role.writes_own_prefix_handle:
@@ -70,7 +71,7 @@ async def get_handle(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY]
     text = handle_from_path(request)
     handle = parse_handle(text)
-    identity = await authority.authenticate(request.headers.get("Authorization"))
+    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
     if identity is not None and query_bool(request, "publicOnly"):
         identity = None
     result = await authority.resolve(
@@ -96,7 +97,7 @@ async def put_handle(request: web.Request) -> web.Response:
     text = handle_from_path(request)
     mint = query_bool(request, "mintNewSuffix")
     handle = parse_handle(text + "X" if mint else text)  # validate the prefix part of a mint request
-    identity = await authority.authenticate(request.headers.get("Authorization"))
+    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
     overwrite = query_bool(request, "overwrite", default=True)
     body = await read_body(request, limits.max_body_bytes)
     values = parse_put_body(body, handle_text=text, now=int(time.time()), limits=limits)
@@ -120,7 +121,7 @@ async def delete_handle(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY]
     text = handle_from_path(request)
     handle = parse_handle(text)
-    identity = await authority.authenticate(request.headers.get("Authorization"))
+    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
     indexes = query_ints(request, "index") or None
     await authority.delete(handle, indexes=indexes, identity=identity)
     return respond(request, 200, {"responseCode": 1, "handle": text})
@@ -131,7 +132,7 @@ async def list_handles(request: web.Request) -> web.Response:
     prefix_text = request.query.get("prefix")
     if not prefix_text:
         raise ProtocolError("listing needs ?prefix=PREFIX")
-    identity = await authority.authenticate(request.headers.get("Authorization"))
+    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
     page, page_size = query_int(request, "page"), query_int(request, "pageSize")
     _, total, keys = await authority.list_handles(prefix_text, page=page, page_size=page_size, identity=identity)
     body: dict[str, object] = {"responseCode": 1, "prefix": prefix_text, "totalCount": str(total), "handles": keys}
@@ -144,7 +145,7 @@ async def list_handles(request: web.Request) -> web.Response:
 
 async def session_this(request: web.Request) -> web.Response:
     """HANDLE.NET's ``GET /api/sessions/this``: who the Basic credentials prove the client to be."""
-    identity = await request.app[AUTHORITY].authenticate(request.headers.get("Authorization"))
+    identity = await request.app[AUTHORITY].authenticate(request.headers.get("Authorization"), client=request.remote)
     body: dict[str, object] = {"sessionId": None, "authenticated": identity is not None}
     if identity is not None:
         body["id"] = str(identity)

@@ -20,6 +20,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from nodes.authoritative.login_limits import LoginLimits
 from nodes.authoritative.write_ops import Kind, WriteOp, delete_kind, put_kind
 from nodes.authoritative.writes import Decided, WriteDecider, needs_credentials, refuse_write
 from resolver.auth import Identity, Perm, admin_grants, hash_secret_values, parse_basic, verify_secret
@@ -27,6 +28,7 @@ from resolver.config import Limits, NodeSpec
 from resolver.errors import (
     AuthenticationFailed,
     AuthenticationNeeded,
+    HandleError,
     NotResponsible,
     PermissionDenied,
     ProtocolError,
@@ -36,7 +38,7 @@ from resolver.names import PREFIX_NA, Handle, ancestors, parse_handle, parse_pre
 from resolver.records import Record, filter_values, public_values
 from resolver.storage import Storage, Write
 from resolver.values import HandleValue
-from resolver.zone import NotHere, Refer, Zone
+from resolver.zone import NotHere, Refer, Serve, Zone
 
 __all__ = ["AUTHORITY", "Answer", "Authority", "WriteObserver", "WriteResult"]
 
@@ -45,7 +47,9 @@ __all__ = ["AUTHORITY", "Answer", "Authority", "WriteObserver", "WriteResult"]
 CREDENTIAL_CACHE_SECONDS = 300.0
 CREDENTIAL_CACHE_SIZE = 4096
 
-RemoteVerifier = Callable[[Identity, str], Awaitable[bool]]
+# (identity, Authorization header, URL of the node asking, which the verifier must never call):
+# whether the identity's home node accepts the credentials (``nodes.authoritative.identity``).
+RemoteVerifier = Callable[[Identity, str, str], Awaitable[bool]]
 
 
 class WriteObserver(Protocol):
@@ -103,7 +107,8 @@ class Authority:
         *,
         read_only: bool = False,
         remote_verifier: RemoteVerifier | None = None,
-        clock: Callable[[], float] = time.time,
+        login_limits: LoginLimits | None = None,
+        proxies: frozenset[str] = frozenset(),
     ) -> None:
         assert spec.prefix is not None, "an authoritative node owns a prefix"
         self.spec = spec
@@ -114,10 +119,15 @@ class Authority:
         self._observer: WriteObserver = _Unobserved()
         self.zone = Zone(own=spec.prefix)
         self.operator = Identity(300, prefix_handle(spec.prefix), prefix_handle(spec.prefix))
-        self._clock = clock
+        self.login_limits = login_limits or LoginLimits()
+        # Addresses of the topology's recursive nodes: every client they forward arrives from one of
+        # them, so a per-address limit there would let one guesser lock every client of the
+        # recursive node out. Their clients are limited per identity only.
+        self.proxies = proxies
         self._remote_verifier = remote_verifier
         self._write_lock = asyncio.Lock()
         self._verified: OrderedDict[bytes, tuple[Identity, float]] = OrderedDict()
+        self._checking: dict[bytes, asyncio.Future[Identity]] = {}  # header digest -> its check in flight
 
     def observe(self, observer: WriteObserver) -> None:
         """Let ``observer`` see every write from now on; one observer per node, attached before it serves."""
@@ -133,8 +143,9 @@ class Authority:
 
     # -- authentication and authorisation -------------------------------------------------------
 
-    async def authenticate(self, header: str | None) -> Identity | None:
-        """The identity proven by an ``Authorization`` header, None without one; 401 when it is wrong."""
+    async def authenticate(self, header: str | None, *, client: str | None = None) -> Identity | None:
+        """The identity proven by an ``Authorization`` header, None without one; 401 when it is wrong,
+        429 after too many wrong tries for the identity or from ``client`` (its address, when known)."""
         if not header:
             return None
         digest = hashlib.sha256(header.encode("utf-8", "surrogateescape")).digest()
@@ -143,31 +154,66 @@ class Authority:
         if cached is not None and cached[1] > now:
             self._verified.move_to_end(digest)
             return cached[0]
+        # Requests carrying the same header while it is being checked share the one check: a client
+        # that opens several connections at once pays one PBKDF2 and one try, not one each.
+        checking = self._checking.get(digest)
+        if checking is None:
+            client = None if client in self.proxies else client
+            checking = self._checking[digest] = asyncio.ensure_future(self._verify(header, digest, client))
+            checking.add_done_callback(lambda done: self._end_check(digest, done))
+        return await asyncio.shield(checking)
+
+    def _end_check(self, digest: bytes, check: asyncio.Future[Identity]) -> None:
+        if self._checking.get(digest) is check:
+            del self._checking[digest]
+        if not check.cancelled():
+            check.exception()  # retrieved: a check nobody waits for any more must not warn
+
+    async def _verify(self, header: str, digest: bytes, client: str | None) -> Identity:
+        """Check the credentials of ``header`` (not cached), counting a wrong secret against the limits."""
+        now = time.monotonic()
         identity, secret = parse_basic(header)
-        record = await self.store.get(identity.key) if self._serves(identity.key) else None
+        # The try is taken before the check (concurrent guesses cannot all slip through), and stays
+        # spent on a wrong secret and on cancellation (PBKDF2 goes on in its thread all the same).
+        tries = self.login_limits.admit(identity.key, str(identity), client)
+        try:
+            ok = await self._check_secret(identity, secret, header)
+        except AuthenticationFailed:
+            raise  # a failure: the try stays spent
+        except HandleError:
+            self.login_limits.give_back(tries)  # the check could not be made (upstream): not a failure
+            raise
+        if not ok:
+            raise AuthenticationFailed(f"authentication failed for {identity}: wrong secret")
+        self.login_limits.give_back(tries)
+        self._verified[digest] = (identity, now + CREDENTIAL_CACHE_SECONDS)
+        if len(self._verified) > CREDENTIAL_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _check_secret(self, identity: Identity, secret: str, header: str) -> bool:
+        """Whether ``secret`` is ``identity``'s. A handle this node serves is decided here alone, never
+        by asking the tree (which leads back here: issue 11, finding 4); only a handle served elsewhere,
+        or a prefix handle delegated to another node (its secret is there), is checked remotely."""
+        handle = parse_handle(identity.text)
+        decision = self.zone.route(handle)
+        local = isinstance(decision, Serve)
+        record = await self.store.get(identity.key) if local else None
         keys = [
             v
             for v in (record.values if record else ())
             if v.type.upper() == "HS_SECKEY" and identity.index in (0, v.index)
         ]
         if keys:
-            ok = await asyncio.to_thread(lambda: any(verify_secret(secret, k.value) for k in keys))
-        elif self._remote_verifier is not None:
-            ok = await self._remote_verifier(identity, header)
-        else:
+            return await asyncio.to_thread(lambda: any(verify_secret(secret, k.value) for k in keys))
+        if local and not (handle.is_prefix_handle and handle.zone in self.zone.delegated):
+            if record is None:
+                raise AuthenticationFailed(f"{identity} does not exist, so it cannot be authenticated")
+            where = f" at index {identity.index}" if identity.index else ""
+            raise AuthenticationFailed(f"{identity} has no HS_SECKEY value{where}, so it cannot be authenticated")
+        if self._remote_verifier is None:
             raise AuthenticationFailed(f"{identity} has no HS_SECKEY value on this node")
-        if not ok:
-            raise AuthenticationFailed(f"authentication failed for {identity}: wrong secret")
-        self._verified[digest] = (identity, now + CREDENTIAL_CACHE_SECONDS)
-        if len(self._verified) > CREDENTIAL_CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return identity
-
-    def _serves(self, key: str) -> bool:
-        try:
-            return not isinstance(self.zone.route(parse_handle(key)), (NotHere, Refer))
-        except Exception:
-            return False
+        return await self._remote_verifier(identity, header, self.spec.url)
 
     async def _admin_chain(
         self, handle: Handle, current: Record | None, pending: Mapping[str, Record | None]
@@ -250,7 +296,9 @@ class Authority:
         if page is None or page < 0 or page_size is None or page_size < 0:
             total, keys = await self.store.list_keys(prefix)
         else:
-            total, keys = await self.store.list_keys(prefix, offset=page * page_size, limit=page_size)
+            # A page starting past 2^63-1 is past the end all the same; SQLite cannot bind a larger OFFSET.
+            offset = min(page * page_size, 2**63 - 1)
+            total, keys = await self.store.list_keys(prefix, offset=offset, limit=page_size)
         return prefix, total, keys
 
     # -- writes ----------------------------------------------------------------------------------

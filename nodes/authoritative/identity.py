@@ -3,24 +3,86 @@
 A node knows the secrets of the identities it serves. For any other identity it walks the tree from
 the top-level nodes (``resolver.walk``, the walk every resolution makes) to the node that holds the
 identity's handle, and lets that node check the credentials (HANDLE.NET's ``GET
-/api/sessions/this``); the answer is cached by ``Authority``.
+/api/sessions/this``); the answer is cached by ``Authority``. Two rules keep that walk honest:
+
+- A "not found" from one server of a step is confirmed by the step's other servers before the
+  identity is said not to exist: a top-level node whose database was emptied answers 404 for every
+  prefix handle, and its mirror may still know it (issue 11, finding 9), as a 5xx is failed over.
+- The node asking never calls itself: if the tree names it as the identity's home, it refuses
+  (asking itself would ask the tree again, and again: issue 11, finding 4).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from nodes.authoritative.authority import RemoteVerifier
 from resolver.auth import Identity
 from resolver.client import HandleClient, HttpTransport
 from resolver.errors import AuthenticationFailed, UpstreamError
 from resolver.names import parse_handle
-from resolver.resolution import Answer, prefix_unregistered
+from resolver.resolution import Answer, NotFound, Resolution, prefix_unregistered
 from resolver.sites import SiteServer, site_servers
 from resolver.upstream import UpstreamConfig, Upstreams
-from resolver.walk import WALK_UPSTREAM, walk
+from resolver.walk import WALK_UPSTREAM, Transport, drive, walk
 
-__all__ = ["remote_verifier"]
+__all__ = ["remote_verifier", "same_server"]
+
+# Walks after a "not found" to hear the other servers of the step that answered it: a primary and a
+# mirror or two, so a few are enough; the bound keeps a site listing many servers from costing more.
+MAX_CONFIRMATIONS = 3
+_THIS_MACHINE = ("localhost", "localhost.")
+
+
+def _host_port(url: str) -> tuple[str, int] | None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    host = (parts.hostname or "").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return ("", port) if host in _THIS_MACHINE else (host, port)
+    # Loopback and the unspecified address (a node listening on 0.0.0.0) are all this machine.
+    return ("", port) if address.is_loopback or address.is_unspecified else (str(address), port)
+
+
+def same_server(url: str, other: str) -> bool:
+    """Whether ``url`` and ``other`` name the same server: same port, and the same host or both this
+    machine (``localhost``, any loopback address, ``0.0.0.0``); the scheme does not matter."""
+    a, b = _host_port(url), _host_port(other)
+    return a is not None and a == b
+
+
+async def _confirmed(resolution: Resolution, transport: Transport, upstreams: Upstreams) -> Resolution:
+    """``resolution``, or if it ended "not found", the first walk from another server of the step
+    that answered it which finds the handle (the step's other servers asked in turn)."""
+    asked = {hop.url for hop in resolution.hops}
+    current = resolution
+    for _ in range(MAX_CONFIRMATIONS):
+        if not isinstance(current.result, NotFound):
+            return current
+        others = [s for s in current.step_servers if s.url not in asked]
+        if not others:
+            break
+        left = max(0.0, current.time_left())  # what is left of the walk's budget, not a fresh one
+        if current.prefix is None:
+            retry = Resolution(current.handle, others, upstreams, deadline=left)
+        else:
+            retry = Resolution(current.handle, (), upstreams, start=(current.prefix, others), deadline=left)
+        await drive(retry, transport)
+        asked.update(hop.url for hop in retry.hops)
+        if isinstance(retry.result, Answer):
+            return retry
+        if isinstance(retry.result, NotFound):
+            current = retry
+        else:
+            asked.update(s.url for s in retry.step_servers)  # failed: the first "not found" stands
+    return resolution
 
 
 def remote_verifier(
@@ -32,9 +94,9 @@ def remote_verifier(
     hints = [SiteServer(url, True) for url in roots]
     upstreams = Upstreams(config)  # health learnt across logins: a node that is down is asked last
 
-    async def verify(identity: Identity, authorization: str) -> bool:
+    async def verify(identity: Identity, authorization: str, own_url: str) -> bool:
         handle = parse_handle(identity.text)
-        resolution = await walk(handle, hints, transport, upstreams)
+        resolution = await _confirmed(await walk(handle, hints, transport, upstreams), transport, upstreams)
         failed = resolution.failed
         if failed is not None and not prefix_unregistered(failed):
             why = "" if failed.attempts else f" ({failed.message})"  # a deadline, too many referrals
@@ -51,6 +113,11 @@ def remote_verifier(
             servers = [s for s in site_servers(resolution.result.values) if s.primary]
             if servers:
                 target = servers[0].url
+        if same_server(target, own_url):
+            raise AuthenticationFailed(
+                f"{identity} cannot be authenticated: the tree names this node ({target}) as its home, "
+                "but this node holds no HS_SECKEY value for it"
+            )
         try:
             reply = await client.request("GET", target, "/api/sessions/this", authorization=authorization)
         except UpstreamError as exc:

@@ -2,7 +2,8 @@
 
 A ``WriteDecider`` applies operations (``nodes.authoritative.write_ops``) in order to an overlay of
 the stored records, as HANDLE.NET decides a write: routing (301, per ``Zone``), existence (101, 100),
-authorisation (401/402, HS_ADMIN up the prefix chain), the values (``merge_values``,
+authorisation (401/402, HS_ADMIN up the prefix chain; for a write naming values, some right on the
+record before anything is said of which values exist), the values (``merge_values``,
 ``remove_values``), timestamps of unchanged values kept. A later operation sees the earlier ones:
 records written or deleted, rights changed, prefix handles learnt on a copy of the zone. What passes
 is a ``Write`` to commit in one transaction; what the node must learn afterwards (prefix handles,
@@ -71,6 +72,14 @@ _ADMIN_TYPES = frozenset({"HS_ADMIN", "HS_VLIST", "HS_SECKEY"})
 _WHOLE = frozenset({CREATE, PUT_NEW, PUT, UPSERT})  # the kinds that write a whole record
 _NEW_ONLY = frozenset({CREATE, PUT_NEW})  # the kinds refused when the record exists
 _UNCHANGED_IS_NOTHING = frozenset({PUT, ADD, SET})  # single PUTs: a write that changes nothing is not logged
+# The kinds that name values (?index=), and the rights of which a writer needs at least one before it
+# is told anything about those values: which exist is none of the business of a principal without
+# rights on the record (issue 11, finding 11). The first is the one a refusal names.
+_SOME_VALUES: dict[Kind, tuple[int, ...]] = {
+    ADD: (Perm.ADD_VALUE, Perm.ADD_ADMIN),
+    SET: (Perm.ADD_VALUE, Perm.MODIFY_VALUE, Perm.ADD_ADMIN, Perm.MODIFY_ADMIN),
+    REMOVE: (Perm.REMOVE_VALUE, Perm.REMOVE_ADMIN),
+}
 
 
 class WriteRules(Protocol):
@@ -272,6 +281,15 @@ class WriteDecider:
             if not allowed:
                 raise _denied(self.identity, permission, op.text)
 
+    async def _require_any(self, op: WriteOp, permissions: tuple[int, ...], current: Record) -> None:
+        """Raise PermissionDenied unless the identity holds at least one of ``permissions`` on ``op``'s
+        handle: checked before the values it names are looked at, so the refusal is the same whether
+        they exist or not."""
+        for permission in permissions:
+            if await self.rules.may(self.identity, permission, op.handle_of(), current, pending=self.pending):
+                return
+        raise _denied(self.identity, permissions[0], op.text)
+
     async def decide(self, op: WriteOp) -> bool:
         """Decide ``op`` after the operations before it: whether it created the handle or a value.
         A HandleError if it is refused (then nothing of it applies)."""
@@ -296,6 +314,8 @@ class WriteDecider:
                 )
             self._apply(op, self._current(key), delete=True)
             return False
+        if self.check and kind in _SOME_VALUES:
+            await self._require_any(op, _SOME_VALUES[kind], Record(key, self._current_values(key)))
         old = self._current(key)
         before: tuple[HandleValue, ...] | None = None
         if kind in _WHOLE:  # a whole record replaced: unchanged values keep their timestamps

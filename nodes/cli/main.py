@@ -74,6 +74,22 @@ def serve(name: str, topology_path: Path | None, data_dir: Path) -> None:
 @main.command()
 @topology_option
 @data_option
+@click.option("--node", "names", multiple=True, help="Only this node (repeatable). Default: every authoritative node.")
+def check(topology_path: Path | None, data_dir: Path, names: tuple[str, ...]) -> None:
+    """Run SQLite's full integrity check on the nodes' databases, one line per node.
+    Exit status 0 when every file is whole, 1 when any is damaged, emptied or missing."""
+    from nodes.running.check import run_check
+    from nodes.running.topology_file import load_topology
+
+    try:
+        sys.exit(run_check(load_topology(topology_path), data_dir, names, click.echo))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@topology_option
+@data_option
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Also register the demo identifiers.")
 @click.option("--wait", "wait_seconds", default=60.0, show_default=True, help="Seconds to wait for the nodes.")
 def seed(topology_path: Path | None, data_dir: Path, demo: bool, wait_seconds: float) -> None:

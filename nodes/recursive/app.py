@@ -21,7 +21,7 @@ from nodes.recursive.config import CLIENT, RECURSIVE, RECURSIVE_CONFIG, Recursiv
 from nodes.recursive.forward import list_handles, write_handle
 from nodes.recursive.hotpath import HotPath, get_handler
 from nodes.shared.http_api import Handler, guarded, respond
-from nodes.shared.metrics import METRICS, NodeMetrics, counter, gauge, metrics_handler
+from nodes.shared.metrics import METRICS, NodeMetrics, UpstreamMetrics, counter, gauge, metrics_handler
 from resolver.cache import Cache
 from resolver.client import HandleClient, HttpTransport
 from resolver.config import NodeSpec, Topology
@@ -55,45 +55,46 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
-def _cache_metrics(app: web.Application) -> Iterable[Metric]:
+def _cache_metrics(app: web.Application, upstream: UpstreamMetrics) -> Iterable[Metric]:
     resolver = app.get(RECURSIVE)
     if resolver is None:
         return
     for name, value in resolver.cache.stats.as_dict().items():
         yield counter(f"idres_cache_{name}", f"Recursive cache: {name.replace('_', ' ')}", value)
     yield gauge("idres_cache_entries", "Entries in the recursive cache", len(resolver.cache))
-    # One family per metric with a sample per server (a family repeated per server is invalid).
+    # One family per metric with a sample per server (a family repeated per server is invalid), and
+    # only for the servers with series of their own: the label set stays bounded (issue 11).
+    labelled = upstream.labelled
     srtt = GaugeMetricFamily("idres_upstream_srtt_seconds", "Smoothed round-trip time by server", labels=["server"])
     down = GaugeMetricFamily("idres_upstream_down", "1 while a server is marked down", labels=["server"])
-    for url, health in resolver.upstreams.snapshot().items():
-        srtt.add_metric([url], health.srtt)
-        down.add_metric([url], 1.0 if health.down else 0.0)
+    health = resolver.upstreams.snapshot()
+    for url, known in health.items():
+        if labelled(url):
+            srtt.add_metric([url], known.srtt)
+            down.add_metric([url], 1.0 if known.down else 0.0)
     yield srtt
     yield down
+    yield gauge("idres_upstream_servers", "Upstream servers tracked (asked lately, or root hints)", len(health))
+    yield gauge(
+        "idres_upstream_down_servers", "Tracked upstream servers marked down", sum(h.down for h in health.values())
+    )
 
 
-def _resolver_ctx(cache: Cache) -> Callable[[web.Application], AsyncIterator[None]]:
+def _resolver_ctx(cache: Cache, upstream: UpstreamMetrics) -> Callable[[web.Application], AsyncIterator[None]]:
     """The driver over ``cache`` (which the GET handler reads directly), its HTTP client and the
-    background probes of servers marked down, for as long as the application runs."""
+    background probes of servers marked down, for as long as the application runs. Per-server state
+    is bounded: the upstream table forgets servers (never the root hints) and their series go too."""
 
     async def resolver_ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[RECURSIVE_CONFIG]
-        metrics = app[METRICS]
         # Keep-alive connections to every upstream; the per-try timeouts come from the resolution.
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, limit_per_host=64))
         client = HandleClient(session)
 
-        def on_query(url: str, seconds: float, ok: bool) -> None:
-            metrics.upstream_rtt.labels(url).observe(seconds)
-            if not ok:
-                metrics.upstream_failures.labels(url).inc()
-
+        roots = root_servers(config.topology, config.spec)
+        upstreams = Upstreams(config.upstream, keep=[r.url for r in roots], on_forget=upstream.forget)
         resolver = RecursiveResolver(
-            root_servers(config.topology, config.spec),
-            HttpTransport(client),
-            cache=cache,
-            upstreams=Upstreams(config.upstream),
-            on_query=on_query,
+            roots, HttpTransport(client), cache=cache, upstreams=upstreams, on_query=upstream.observe
         )
         app[RECURSIVE] = resolver
         app[CLIENT] = client
@@ -131,12 +132,14 @@ def create_recursive_app(config: RecursiveConfig) -> web.Application:
     app = web.Application(client_max_size=config.limits.max_body_bytes)
     app[RECURSIVE_CONFIG] = config
     app[METRICS] = metrics = NodeMetrics(config.spec.name, "recursive")
-    metrics.add_source(lambda: _cache_metrics(app))
+    upstream = UpstreamMetrics(keep=[r.url for r in root_servers(config.topology, config.spec)])
+    metrics.add_collector(upstream)
+    metrics.add_source(lambda: _cache_metrics(app, upstream))
     # Made here rather than with the driver, so the GET handler holds it from the start.
     cache = Cache(config.cache)
     hot = HotPath(config.cache.max_entries)
     metrics.add_flush(hot.flush_into(metrics))
-    app.cleanup_ctx.append(_resolver_ctx(cache))
+    app.cleanup_ctx.append(_resolver_ctx(cache, upstream))
 
     def route(handler: Handler) -> Handler:
         return guarded(handler, metrics.count_request)

@@ -1,53 +1,119 @@
 """Requests the recursive node cannot answer from its cache, passed on to the owning node's primary:
-writes (which then invalidate the cached entry), listings and authenticated reads."""
+writes (which then invalidate the cached entry), listings and authenticated reads.
+
+The owning node is whatever the tree names, so it is untrusted (DESIGN §11): what goes to it is
+rebuilt from what this node parsed (the identifier, ``resolver.client.handle_path``, and the query
+parameters the API knows), and what comes back is never passed through. Its answer must be a
+Handle body (an object with an integer ``responseCode``) in JSON or msgpack within
+``resolver.client.MAX_ANSWER_BYTES``; this node answers it itself, encoded as its client asked,
+with the HTTP status the API uses for that responseCode and no header of the upstream's. Anything
+else (a redirect, HTML, an oversized or unreadable body) is a 502 naming the server and the fault.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from aiohttp import web
 
 from nodes.recursive.config import CLIENT, RECURSIVE, RECURSIVE_CONFIG
-from nodes.shared.http_api import handle_from_path, query_bool, read_bytes
-from resolver.codec import JSON, MSGPACK, decode
+from nodes.shared.http_api import handle_from_path, query_bool, query_int, query_ints, read_bytes, respond
+from resolver.client import Reply
 from resolver.errors import Attempt, FailureKind, HandleError, ProtocolError, ReadOnly, UpstreamError
 from resolver.names import Handle, parse_handle, parse_prefix
 
-__all__ = ["forward", "list_handles", "write_handle"]
+__all__ = ["HTTP_STATUSES", "answer_of", "forward", "list_handles", "upstream_params", "write_handle"]
 
 # Headers a forwarded request keeps: what the authoritative node needs to authenticate and decode.
-_FORWARDED = ("Authorization", "Content-Type", "Accept")
+# (The answer is asked for in msgpack by the client and re-encoded here as this client asked.)
+_FORWARDED = ("Authorization", "Content-Type")
+_BOOLEANS = ("auth", "publicOnly", "overwrite", "mintNewSuffix")
+_CHALLENGE = {"WWW-Authenticate": 'Basic realm="handle"'}  # what error_response sends with a 401
+
+
+def _statuses() -> dict[int, tuple[int, ...]]:
+    """responseCode -> the HTTP statuses the API answers it with, the usual one first: from the
+    error tree (``resolver.errors``: every class names its pair) and the answers of
+    ``resolver.bodies`` (1: 200, or 201 for a created handle; 200: a filtered read found nothing)."""
+    table: dict[int, list[int]] = {1: [200, 201], 200: [200], 100: [404]}
+    pending: list[type[HandleError]] = [HandleError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        statuses = table.setdefault(cls.response_code, [])
+        if cls.http_status not in statuses:
+            statuses.append(cls.http_status)
+    # An upstream's failure is a bad gateway here (its own 500 is not this node's internal error);
+    # 503 is kept for "committed, not yet on a mirror" (NotReplicated).
+    table[2] = [502, 503]
+    return {code: tuple(statuses) for code, statuses in table.items()}
+
+
+HTTP_STATUSES: dict[int, tuple[int, ...]] = _statuses()
+"""responseCode -> the HTTP statuses this API uses for it, the one answered by default first."""
+
+
+def answer_of(server: str, reply: Reply) -> tuple[int, dict[str, Any]]:
+    """The status and body this node answers for ``server``'s ``reply``: the upstream's status when
+    the API uses it for that responseCode, else the usual one. UpstreamError (a bad answer) when
+    the body is not a Handle body or its responseCode is not one this API answers with."""
+    code = reply.body.get("responseCode")
+    if type(code) is not int or code not in HTTP_STATUSES:
+        why = "no responseCode" if "responseCode" not in reply.body else f"responseCode {str(code)[:20]}"
+        raise UpstreamError.one(
+            server, FailureKind.BAD_ANSWER, f"answered HTTP {reply.status} with {why}, not a Handle answer"
+        )
+    statuses = HTTP_STATUSES[code]
+    return (reply.status if reply.status in statuses else statuses[0]), reply.body
+
+
+def upstream_params(request: web.Request) -> list[tuple[str, str]]:
+    """The query the owning node is sent: the parameters the API knows, as this node parsed them
+    (a malformed one is refused here, 400), never the client's query string copied."""
+    query = request.query
+    params = [(name, "true" if query_bool(request, name) else "false") for name in _BOOLEANS if name in query]
+    params += [("type", t) for t in query.getall("type", [])]
+    raw_indexes = query.getall("index", [])
+    if raw_indexes == ["various"]:  # PUT ?index=various: the indexes of the values sent
+        params.append(("index", "various"))
+    else:
+        params += [("index", str(i)) for i in query_ints(request, "index")]
+    if "prefix" in query:
+        parse_prefix(query["prefix"])  # checked here; sent as written (the owner echoes it)
+        params.append(("prefix", query["prefix"]))
+    for name in ("page", "pageSize"):
+        number = query_int(request, name)
+        if number is not None:
+            params.append((name, str(number)))
+    return params
 
 
 async def forward(request: web.Request, route: Handle, body: bytes | None) -> web.Response:
-    """Send the client's request, credentials included, to the primary of the node owning ``route``."""
-    resolver = request.app[RECURSIVE]
-    located = await resolver.locate(route)
+    """Send the client's request, credentials included, to the primary of the node owning ``route``.
+    The path sent is the identifier of this request's path (none for a listing, ``/api/handles``)."""
+    target = handle_from_path(request) or None
+    params = upstream_params(request)
+    located = await request.app[RECURSIVE].locate(route)
     headers = {k: request.headers[k] for k in _FORWARDED if k in request.headers}
     attempts: list[Attempt] = []
     # The primary first; a site that answers "read-only" (a demoted old primary, after a promotion
     # that the delegation's HS_SITE values do not show yet) passes the write on to the next site.
     for server in (*located.primary_servers, *(s for s in located.step_servers if not s.primary)):
         try:
-            status, passed_back, data = await request.app[CLIENT].forward(
-                request.method, server.url, request.raw_path, headers, body
-            )
+            reply = await request.app[CLIENT].forward(request.method, server.url, target, params, headers, body)
+            status, answer = answer_of(server.url, reply)
+            if status == 503 and reply.response_code == ReadOnly.response_code:
+                attempts.append(Attempt(server.url, FailureKind.READ_ONLY, "read-only (a mirror)"))
+                continue
+            try:
+                return respond(request, status, answer, _CHALLENGE if status == 401 else None)
+            except (TypeError, ValueError, RecursionError, OverflowError) as exc:  # cannot be sent as JSON
+                raise UpstreamError.one(
+                    server.url, FailureKind.BAD_ANSWER, "answered a body this node cannot re-encode"
+                ) from exc
         except UpstreamError as exc:
             attempts.extend(exc.attempts)
-            continue
-        if status == 503 and _response_code(passed_back, data) == ReadOnly.response_code:
-            attempts.append(Attempt(server.url, FailureKind.READ_ONLY, "read-only (a mirror)"))
-            continue
-        return web.Response(status=status, body=data, headers=passed_back)
     raise UpstreamError(f"the primary for {route.text} could not be reached", handle=route.text, attempts=attempts)
-
-
-def _response_code(headers: dict[str, str], data: bytes) -> int | None:
-    media = MSGPACK if headers.get("Content-Type", "").startswith(MSGPACK) else JSON
-    try:
-        body = decode(data, media)
-    except HandleError:
-        return None
-    code = body.get("responseCode") if isinstance(body, dict) else None
-    return code if isinstance(code, int) else None
 
 
 async def write_handle(request: web.Request) -> web.Response:

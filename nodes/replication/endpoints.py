@@ -48,7 +48,7 @@ from typing import Any
 from aiohttp import web
 
 from nodes.authoritative.authority import AUTHORITY, Authority
-from nodes.replication.follower import APPLIED_SEQ, SNAPSHOT_SEQ, meta_int
+from nodes.replication.follower import APPLIED_SEQ, PAGE_BYTES, SNAPSHOT_SEQ, meta_int
 from nodes.replication.roles import REPLICATION
 from nodes.shared.http_api import query_bool, query_int, respond
 from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, pack_values
@@ -74,7 +74,7 @@ SNAPSHOT_CHUNK = 500  # records per get_many
 
 async def _operator(request: web.Request) -> Authority:
     authority = request.app[AUTHORITY]
-    identity = await authority.authenticate(request.headers.get("Authorization"))
+    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
     if identity is None:
         raise AuthenticationNeeded(f"replication needs the operator's credentials ({authority.operator})")
     operator = authority.operator
@@ -103,6 +103,12 @@ async def _read_changes(authority: Authority, after: int, limit: int, packed: bo
     """The change bodies after ``after`` and the newest seq among them (0 if none)."""
     if packed:
         raw = await authority.store.changes_packed(after, limit)
+        size = 0
+        for count, change in enumerate(raw):  # at most PAGE_BYTES of values, at least one change
+            size += len(change.blob or b"")
+            if size > PAGE_BYTES and count:
+                raw = raw[:count]
+                break
         return [_packed_change_body(c) for c in raw], raw[-1].seq if raw else 0
     changes = await authority.store.changes(after, limit)
     return [_change_body(c) for c in changes], changes[-1].seq if changes else 0

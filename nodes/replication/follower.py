@@ -30,6 +30,7 @@ from resolver.backoff import backoff_delay
 from resolver.client import HandleClient
 from resolver.codec import MSGPACK
 from resolver.errors import HandleError, ReplicationError
+from resolver.limits import DEFAULT_LIMITS
 from resolver.storage import Storage, Write
 
 if TYPE_CHECKING:
@@ -41,6 +42,12 @@ log = logging.getLogger("idres.replication")
 
 POLL_WAIT = 20  # what a mirror asks for: long enough to idle cheaply, well under the primary's maximum
 POLL_PAGE = 5_000  # changes per request; values travel as stored, so a page costs little CPU on either side
+# A primary stops a page of changes once its values pass this many bytes (it always sends at least one
+# change): 5,000 bulk-loaded records are about 2 MB, so pages stay whole for them, while 5,000 records
+# near the 256 KiB record limit could not make one answer a mirror will read. The mirror reads up to
+# this plus one record and the page's framing (ANSWER_BYTES), its client's cap on a changes answer.
+PAGE_BYTES = 8 * 1_048_576
+ANSWER_BYTES = PAGE_BYTES + 2 * DEFAULT_LIMITS.max_record_bytes + 1_048_576
 SNAPSHOT_CHUNK = 500  # records per apply_replicated on the mirror
 SNAPSHOT_READ_TIMEOUT = 60.0  # silence mid-stream longer than this means the primary is gone
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
@@ -124,7 +131,7 @@ class Mirror:
         self._check_epoch = check_epoch
         self._epoch = epoch  # this node's current epoch, sent with each poll
         # The long-poll holds the request open for POLL_WAIT; allow for that plus a slow answer.
-        self._client = HandleClient(session, timeout=POLL_WAIT + 10)
+        self._client = HandleClient(session, timeout=POLL_WAIT + 10, max_answer_bytes=ANSWER_BYTES)
         self._resume_key = ""  # the last snapshot key applied, so a cut stream resumes after it
         self._received: set[str] = set()  # during a resync: every key the snapshot sent
         self._retries = 0  # failed rounds since the upstream last answered

@@ -17,7 +17,7 @@ from nodes.recursive.app import RecursiveConfig, create_recursive_app
 from nodes.running.operator_secrets import operator_secrets
 from nodes.shared.loop import new_event_loop
 from resolver.config import Topology
-from resolver.errors import ConfigError
+from resolver.errors import ConfigError, HandleError
 
 __all__ = ["LAUNCHER_PID_ENV", "db_path", "serve_node"]
 
@@ -66,3 +66,7 @@ def serve_node(topology: Topology, name: str, data_dir: Path) -> None:
         web.run_app(app, host=spec.host, port=spec.port, access_log=None, print=None, loop=loop, shutdown_timeout=5.0)
     except OSError as exc:
         raise ConfigError(f"node {name} cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}") from exc
+    except HandleError as exc:
+        # Raised while the node starts, before it serves anything: its database refused (damaged, or
+        # emptied after use: resolver.storage.integrity). The node stops with the reason, no traceback.
+        raise ConfigError(f"node {name} cannot start: {exc.message}") from exc

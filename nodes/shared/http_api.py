@@ -12,9 +12,11 @@ from aiohttp import web
 
 from resolver.codec import JSON, MSGPACK, body_media_type, choose_media_type, decode, encode
 from resolver.errors import BodyTooLarge, HandleError, InvalidHandle, MethodNotAllowed, ProtocolError
+from resolver.values import describe
 
 __all__ = [
     "HANDLES_PATH",
+    "MAX_QUERY_INT",
     "Handler",
     "error_middleware",
     "error_response",
@@ -72,6 +74,8 @@ def error_response(request: web.Request, exc: Exception) -> web.Response | None:
         log.error("internal error on %s %s", request.method, request.path_qs, exc_info=exc)
         error = HandleError("internal error (logged on the node)")
     headers = {"WWW-Authenticate": 'Basic realm="handle"'} if error.http_status == 401 else None
+    if error.retry_after is not None:  # 429 TooManyRequests: when to try again (RFC 6585 §4)
+        headers = {**(headers or {}), "Retry-After": str(error.retry_after)}
     return respond(request, error.http_status, error.to_body(), headers)
 
 
@@ -146,27 +150,41 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
         return True
     if value in ("false", "no", "0"):
         return False
-    raise ProtocolError(f"parameter {name}={request.query[name]!r} is not a boolean (true or false)")
+    raise ProtocolError(f"parameter {name}={describe(request.query[name])} is not a boolean (true or false)")
+
+
+# SQLite's integers, and so every OFFSET, LIMIT and seq a parameter ends in, are signed 64-bit.
+MAX_QUERY_INT = 2**63 - 1
+_MAX_DIGITS = len(str(MAX_QUERY_INT))
+
+
+def _integer(name: str, raw: str, part: str, *, signed: bool) -> int:
+    """One integer parameter: ASCII digits (a sign too when ``signed``), at most ``MAX_QUERY_INT``
+    in size, refused in words naming the parameter. Never ``int()`` of thousands of digits (a
+    ValueError past 4,300) and never a value SQLite cannot bind."""
+    text = part.strip()
+    digits = text[1:] if signed and text[:1] in ("-", "+") else text
+    if not (digits.isascii() and digits.isdigit()):
+        kind = "an integer" if signed else "a non-negative integer"
+        raise ProtocolError(f"parameter {name}={describe(raw)} is not {kind}")
+    if len(digits.lstrip("0")) > _MAX_DIGITS or int(digits) > MAX_QUERY_INT:
+        raise ProtocolError(f"parameter {name}={describe(raw)} is out of range (at most {MAX_QUERY_INT})")
+    return int(text)
 
 
 def query_ints(request: web.Request, name: str) -> list[int]:
-    out = []
-    for raw in request.query.getall(name, []):
-        for part in raw.split(","):
-            if not (part.strip().isascii() and part.strip().isdigit()):
-                raise ProtocolError(f"parameter {name}={raw!r} is not a non-negative integer")
-            out.append(int(part))
-    return out
+    """Every non-negative integer of a parameter, given repeatedly or comma-separated (``index=1,2``)."""
+    return [
+        _integer(name, raw, part, signed=False) for raw in request.query.getall(name, []) for part in raw.split(",")
+    ]
 
 
 def query_int(request: web.Request, name: str) -> int | None:
+    """An integer parameter (signed), None when absent or empty."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise ProtocolError(f"parameter {name}={raw!r} is not an integer") from None
+    return _integer(name, raw, raw, signed=True)
 
 
 def handle_from_path(request: web.Request, base: str = HANDLES_PATH) -> str:

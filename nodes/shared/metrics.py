@@ -2,20 +2,32 @@
 
 Counters that change on the request path are ``prometheus_client`` counters; numbers that already
 live elsewhere (cache statistics, upstream health, replication state) are read by collectors only
-when ``/metrics`` is scraped, so a cache hit pays nothing for them.
+when ``/metrics`` is scraped, so a cache hit pays nothing for them. Upstream servers are named by
+referrals, so their label set is bounded (``UpstreamMetrics``).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-__all__ = ["METRICS", "NodeMetrics", "count_requests", "counter", "gauge", "metrics_handler"]
+__all__ = [
+    "MAX_LABELLED_SERVERS",
+    "METRICS",
+    "OTHER_SERVERS",
+    "NodeMetrics",
+    "UpstreamMetrics",
+    "count_requests",
+    "counter",
+    "gauge",
+    "metrics_handler",
+]
 
 MetricSource = Callable[[], Iterable[Metric]]
 
@@ -45,16 +57,6 @@ class NodeMetrics:
             registry=self.registry,
         )
         self.resolutions = Counter("idres_resolutions", "Resolutions by outcome", ["outcome"], registry=self.registry)
-        self.upstream_rtt = Histogram(
-            "idres_upstream_rtt_seconds",
-            "Round-trip time of upstream queries",
-            ["server"],
-            registry=self.registry,
-            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-        )
-        self.upstream_failures = Counter(
-            "idres_upstream_failures", "Failed upstream queries by server", ["server"], registry=self.registry
-        )
         # ``labels()`` takes a lock and builds a key on every call (about 1.5 us); the children are kept.
         self._request_children: dict[tuple[str, int], Any] = {}
         self._flushes: list[Callable[[], None]] = []
@@ -70,6 +72,10 @@ class NodeMetrics:
         """Register a function that yields metric families when ``/metrics`` is scraped."""
         self.registry.register(_Callback(source))
 
+    def add_collector(self, collector: Any) -> None:
+        """Register an object whose ``collect()`` yields metric families when ``/metrics`` is scraped."""
+        self.registry.register(collector)
+
     def add_flush(self, flush: Callable[[], None]) -> None:
         """Register a function that moves tallies kept as plain integers (a hot path cannot afford a
         counter's lock) into the counters; it runs before every scrape."""
@@ -82,6 +88,90 @@ class NodeMetrics:
 
 
 METRICS: web.AppKey[NodeMetrics] = web.AppKey("metrics")
+
+MAX_LABELLED_SERVERS = 16
+"""Upstream servers, besides the root hints, with series of their own. A deployment's recursive node
+asks a few secondaries and enterprise nodes; each labelled server costs ~20 lines of /metrics, so 16
+keep a scrape near 30 KB however many servers referrals name (DESIGN.md §11: they are untrusted)."""
+
+OTHER_SERVERS = "other"
+"""The ``server`` label of the series that sums every upstream server without one of its own."""
+
+_RTT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_RTT_LE = [*(repr(b) for b in _RTT_BUCKETS), "+Inf"]  # as prometheus_client spells them: 1.0, 0.0005
+
+
+class _Series:
+    """One server's query tallies: a count per RTT bucket (not cumulative), their sum, failures."""
+
+    __slots__ = ("buckets", "failures", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(_RTT_BUCKETS) + 1)
+        self.total = 0.0
+        self.failures = 0
+
+    def merge(self, other: _Series) -> None:
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets, strict=True)]
+        self.total += other.total
+        self.failures += other.failures
+
+
+class UpstreamMetrics:
+    """Round-trip times and failures of upstream queries with a bounded set of ``server`` labels.
+
+    The root hints (``keep``) always have series of their own; other servers get one while fewer than
+    ``labelled`` hold one, and keep it until the upstream table forgets them (``forget``); every
+    other server is counted under ``server="other"``. A forgotten server's tallies move into
+    ``other``, so its series leave /metrics while the sums over servers never go down.
+    """
+
+    def __init__(self, keep: Iterable[str] = (), labelled: int = MAX_LABELLED_SERVERS) -> None:
+        self._keep = frozenset(keep)
+        self._limit = labelled
+        self._series: dict[str, _Series] = {url: _Series() for url in self._keep}
+        self._other = _Series()
+
+    def observe(self, url: str, seconds: float, ok: bool) -> None:
+        """Count one query to ``url`` that took ``seconds``."""
+        series = self._series.get(url)
+        if series is None:
+            if len(self._series) - len(self._keep) < self._limit:
+                series = self._series[url] = _Series()
+            else:
+                series = self._other
+        series.buckets[bisect_left(_RTT_BUCKETS, seconds)] += 1
+        series.total += seconds
+        series.failures += not ok
+
+    def forget(self, url: str) -> None:
+        """``url`` left the upstream table: drop its series, its tallies now count as ``other``."""
+        if url not in self._keep:
+            series = self._series.pop(url, None)
+            if series is not None:
+                self._other.merge(series)
+
+    def labelled(self, url: str) -> bool:
+        """Whether ``url`` has series of its own (other per-server metrics show only those)."""
+        return url in self._series
+
+    def collect(self) -> Iterable[Metric]:
+        """The families, read at scrape time (a collector of the node's registry)."""
+        rtt = HistogramMetricFamily(
+            "idres_upstream_rtt_seconds", "Round-trip time of upstream queries", labels=["server"]
+        )
+        failures = CounterMetricFamily(
+            "idres_upstream_failures", "Failed upstream queries by server", labels=["server"]
+        )
+        for url, series in [*self._series.items(), (OTHER_SERVERS, self._other)]:
+            cumulative, buckets = 0, []
+            for le, count in zip(_RTT_LE, series.buckets, strict=True):
+                cumulative += count
+                buckets.append((le, float(cumulative)))
+            rtt.add_metric([url], buckets, series.total)
+            failures.add_metric([url], float(series.failures))
+        yield rtt
+        yield failures
 
 
 def counter(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> CounterMetricFamily:

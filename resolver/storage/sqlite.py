@@ -16,16 +16,25 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 
 from resolver.codec import unpack_values
-from resolver.errors import HandleError
+from resolver.errors import HandleError, ServerBusy
 from resolver.records import Record
 from resolver.storage.base import Change, PackedChange, Write, digest_records
+from resolver.storage.integrity import (
+    QUICK_CHECK_SECONDS,
+    WHAT_TO_DO,
+    check_file,
+    damaged,
+    is_corruption,
+    refuse_emptied,
+    write_marker,
+)
+from resolver.storage.schema import SCHEMA_VERSION, migrate
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
 _T = TypeVar("_T")
 log = logging.getLogger("idres.storage")
 
-SCHEMA_VERSION = 3
 # How long a statement waits for a lock held by another connection (another process on the same
 # file, or a checkpoint) before failing with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
@@ -45,55 +54,6 @@ WAL_AUTOCHECKPOINT_PAGES = 65_536  # 256 MiB
 JOURNAL_SIZE_LIMIT = 64 * 1_048_576  # the WAL file is truncated back to this after a checkpoint
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
 
-_SCHEMA = f"""
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS handles (
-    -- "PREFIX/SUFFIX": a prefix's records are the key range ['PREFIX/', 'PREFIX0') ("0" follows "/"),
-    -- so listing a prefix is a range scan of the primary key and needs no index of its own.
-    key  TEXT PRIMARY KEY,
-    vals BLOB NOT NULL,  -- codec.pack_values
-    seq  INTEGER         -- the change that wrote vals, when that change keeps no copy of them
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS changes (
-    -- AUTOINCREMENT: a seq is never reused, even after the newest entries are removed, so a
-    -- replica's "after" position can never point at a different change.
-    seq  INTEGER PRIMARY KEY AUTOINCREMENT,
-    key  TEXT NOT NULL,
-    op   TEXT NOT NULL CHECK (op IN ('put', 'delete')),
-    -- A put's values; NULL for a delete, and for the latest put of a key, whose values are the
-    -- record's (handles.seq = seq): written once, not twice. Before the record changes again,
-    -- the values are copied here (_KEEP_HISTORY), so every put still reads as it was written.
-    vals BLOB,
-    ts   INTEGER NOT NULL  -- seconds since the epoch
-);
-CREATE TABLE IF NOT EXISTS meta (
-    name  TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-PRAGMA user_version = {SCHEMA_VERSION};
-COMMIT;
-"""
-
-# Version 1 kept each record's prefix in a column with an index on (prefix, key): a second B-tree
-# to update on every write, for listings the primary key serves as well. Rebuilt without them.
-_UPGRADE_FROM_1 = f"""
-BEGIN IMMEDIATE;
-CREATE TABLE handles_v3 (key TEXT PRIMARY KEY, vals BLOB NOT NULL, seq INTEGER) WITHOUT ROWID;
-INSERT INTO handles_v3 (key, vals) SELECT key, vals FROM handles ORDER BY key;
-DROP TABLE handles;
-ALTER TABLE handles_v3 RENAME TO handles;
-PRAGMA user_version = {SCHEMA_VERSION};
-COMMIT;
-"""
-# Version 2 copied every put's values into the change log as well: a bulk load wrote each record
-# twice. Its change rows all hold their values, so handles.seq starts NULL (nothing to copy).
-_UPGRADE_FROM_2 = f"""
-BEGIN IMMEDIATE;
-ALTER TABLE handles ADD COLUMN seq INTEGER;
-PRAGMA user_version = {SCHEMA_VERSION};
-COMMIT;
-"""
-_UPGRADES = {1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2}
 # Before records change: the change rows that left their values to them (the keys' latest puts)
 # get a copy, so the log keeps reading as written (a JSON array of keys, one parameter).
 _KEEP_HISTORY = (
@@ -177,9 +137,15 @@ class SQLiteStorage:
     """
 
     def __init__(
-        self, writer: aiosqlite.Connection, reader: aiosqlite.Connection, checkpointer: aiosqlite.Connection
+        self,
+        location: str,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        checkpointer: aiosqlite.Connection,
     ) -> None:
         """Use ``SQLiteStorage.open``; this takes the connections set up by it."""
+        self._location = location
+        self._damage_logged = False
         self._writer = writer
         self._reader = reader
         self._checkpointer = checkpointer
@@ -193,8 +159,18 @@ class SQLiteStorage:
         self._digest: tuple[int, int, str] | None = None  # (last_seq it was computed at, count, digest)
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> SQLiteStorage:
+    async def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "NORMAL",
+        check_seconds: float | None = QUICK_CHECK_SECONDS,
+    ) -> SQLiteStorage:
         """Open (creating if needed) the database at ``path``; ``synchronous`` is the PRAGMA level.
+
+        A file SQLite finds damaged is refused (``PRAGMA quick_check``, cut short and logged past
+        ``check_seconds``; None: no limit), and so is a missing or empty file that a node used before
+        (``integrity.refuse_emptied``): a node never starts on damaged data or as an empty node by mistake.
 
         NORMAL is enough for crashes: by the time COMMIT returns the transaction is in the WAL file
         (in the OS page cache), and SQLite's docs say transactions are durable across application
@@ -207,6 +183,7 @@ class SQLiteStorage:
             # PRAGMA values cannot be bound as parameters, so only known words reach the SQL.
             raise ValueError(f"synchronous must be one of {', '.join(sorted(_SYNCHRONOUS))}, not {synchronous!r}")
         location = os.fspath(path)
+        await cls._check(location, check_seconds)
         writer: aiosqlite.Connection | None = None
         reader: aiosqlite.Connection | None = None
         checkpointer: aiosqlite.Connection | None = None
@@ -226,7 +203,7 @@ class SQLiteStorage:
             await writer.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             await writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             await writer.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            await cls._migrate(writer, location)
+            identity = await migrate(writer, location)
             reader = await aiosqlite.connect(location, isolation_level=None)
             await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             await reader.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
@@ -234,14 +211,39 @@ class SQLiteStorage:
             await reader.execute("PRAGMA query_only = ON")
             checkpointer = await aiosqlite.connect(location, isolation_level=None)
             await checkpointer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            write_marker(location, identity)
         except BaseException as exc:
             for conn in (checkpointer, reader, writer):
                 if conn is not None:
                     await conn.close()
-            if isinstance(exc, sqlite3.Error | ValueError):
+            if isinstance(exc, sqlite3.Error | ValueError | OSError):
                 raise HandleError(f"storage error: cannot open {location!r}: {exc}") from exc
             raise
-        return cls(writer, reader, checkpointer)
+        return cls(location, writer, reader, checkpointer)
+
+    @staticmethod
+    async def _check(location: str, seconds: float | None) -> None:
+        refuse_emptied(location)
+        if not os.path.isfile(location) or os.path.getsize(location) == 0:
+            return  # a new node: nothing to check
+        problems = await asyncio.to_thread(check_file, location, seconds=seconds)
+        if problems is None:
+            log.warning(
+                "the start-up check of %s was cut short after %s s; `idres check` runs it in full", location, seconds
+            )
+        elif problems:
+            raise damaged(location, problems)
+
+    def _failed(self, exc: BaseException) -> HandleError:
+        """What a failed statement becomes. Damage found while serving is logged once, not once per
+        request, and answers 503 (ServerBusy): the fault is this server's, not the request's, and a
+        client or resolver goes to another server of the prefix (a mirror) on a 503, as on any 5xx."""
+        if not is_corruption(exc):
+            return _storage_error(exc)
+        if not self._damage_logged:
+            self._damage_logged = True
+            log.error("storage error: %s is damaged (SQLite: %s): %s", self._location, exc, WHAT_TO_DO)
+        return ServerBusy("this server cannot read its data (its database is damaged); try another server")
 
     async def _checkpoint_loop(self) -> None:
         while True:
@@ -255,24 +257,6 @@ class SQLiteStorage:
             except (sqlite3.Error, ValueError) as exc:
                 log.warning("background WAL checkpoint failed (a commit will do it later): %s", exc)
 
-    @staticmethod
-    async def _migrate(writer: aiosqlite.Connection, location: str) -> None:
-        rows = list(await writer.execute_fetchall("PRAGMA user_version"))
-        version = int(rows[0][0])
-        if version > SCHEMA_VERSION:
-            raise HandleError(
-                f"storage error: {location!r} has schema version {version}; this version "
-                f"of the software understands up to {SCHEMA_VERSION}"
-            )
-        if version < SCHEMA_VERSION:
-            try:
-                # One transaction each: a crash leaves the old version and no half-made schema.
-                await writer.executescript(_UPGRADES.get(version, _SCHEMA))
-            except BaseException:
-                if writer.in_transaction:
-                    await writer.execute("ROLLBACK")
-                raise
-
     # -- reads: on the reader connection, each statement sees the latest committed state ----------
 
     async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
@@ -280,7 +264,7 @@ class SQLiteStorage:
             return list(await self._reader.execute_fetchall(sql, tuple(params)))
         except (sqlite3.Error, ValueError) as exc:
             # aiosqlite raises ValueError once the connection is closed.
-            raise _storage_error(exc) from exc
+            raise self._failed(exc) from exc
 
     async def get(self, key: str) -> Record | None:
         rows = await self._read("SELECT vals FROM handles WHERE key = ?", (key,))
@@ -371,7 +355,7 @@ class SQLiteStorage:
         try:
             computed = await asyncio.to_thread(_digest_file, str(rows[0][0]))
         except sqlite3.Error as exc:
-            raise _storage_error(exc) from exc
+            raise self._failed(exc) from exc
         self._digest = computed
         return computed[1], computed[2]
 
@@ -463,7 +447,7 @@ class SQLiteStorage:
                     return await operation()
                 except (sqlite3.Error, ValueError) as exc:
                     # ValueError: aiosqlite's "Connection closed", or text sqlite3 cannot encode.
-                    raise _storage_error(exc) from exc
+                    raise self._failed(exc) from exc
                 finally:
                     # Once it has ended: a checkpoint that ran while it was under way copied none of it.
                     self._written = True

@@ -84,6 +84,24 @@ def test_absurd_iteration_count_never_matches() -> None:
     assert verify_secret("s3cret", "pbkdf2-sha256$99999999999999999999$AAAA$AAAA") is False
 
 
+def test_iteration_counts_past_twice_ours_are_refused_without_running_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 11, finding 10: 1,999,999 iterations were run at every login (seconds of a worker each).
+    ran: list[int] = []
+    real = resolver.auth.hashlib.pbkdf2_hmac
+
+    def counting(name: str, secret: bytes, salt: bytes, iterations: int) -> bytes:
+        ran.append(iterations)
+        return real(name, secret, salt, iterations)
+
+    monkeypatch.setattr(resolver.auth.hashlib, "pbkdf2_hmac", counting)
+    for iterations in (1_999_999, 2 * PBKDF2_ITERATIONS + 1):
+        stored = f"pbkdf2-sha256${iterations}$AAAAAAAAAAAAAAAAAAAAAA==$AAAA"
+        assert verify_secret("s3cret", stored) is False
+        assert not is_hashed(stored)
+    assert ran == []
+    assert is_hashed(f"pbkdf2-sha256${2 * PBKDF2_ITERATIONS}$AAAA$AAAA")  # room to raise our count once
+
+
 def test_is_hashed() -> None:
     assert is_hashed(hash_secret("x", iterations=FAST))
     assert not is_hashed("x")
@@ -162,6 +180,8 @@ def test_empty_secret_is_allowed_to_reach_verification() -> None:
         ('Handle sessionId="x"', "use Basic"),
         ("Basic !!!!", "not valid base64"),
         ("Basic " + base64.b64encode(b"\xff\xfe:x").decode(), "not valid base64 of UTF-8"),
+        ("Basic é", "the Basic credentials cannot be read"),  # issue 11, finding 3: was a 500
+        ("Basic 密码", "the Basic credentials cannot be read"),
         ("Basic " + base64.b64encode(b"300%3A88.118.8/A").decode(), "no ':' between user and secret"),
         ("Basic", "no ':' between user and secret"),
         # the colon in the user was not percent-encoded: the user becomes "300"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgpack
@@ -13,6 +14,8 @@ from resolver.codec import (
     JSON,
     MSGPACK,
     NDJSON,
+    Malformed,
+    batch_operations,
     body_media_type,
     choose_media_type,
     decode,
@@ -21,6 +24,7 @@ from resolver.codec import (
     unpack_values,
 )
 from resolver.errors import ProtocolError, UnsupportedMediaType
+from resolver.limits import nested_deeper
 from resolver.sites import site_data
 from resolver.values import HandleValue, Reference, value_from_wire
 
@@ -221,3 +225,56 @@ def test_pack_unpack_round_trip(values: list[HandleValue]) -> None:
     back = unpack_values(blob)
     assert back == tuple(values)
     assert pack_values(back) == blob
+
+
+# -- hostile bodies: a ProtocolError in words, never another exception (issue 11, finding 3) -----------
+
+
+@pytest.mark.parametrize(
+    ("body", "media", "message"),
+    [
+        (b"[" * 33 + b"]" * 33, JSON, "request body is nested deeper than 32 levels"),
+        (b"[" * 1_000 + b"]" * 1_000, JSON, "request body is nested deeper than 32 levels"),  # RecursionError
+        (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, JSON, "request body is nested deeper than 32 levels"),
+        (b"\x91" * 33 + b"\xc0", MSGPACK, "request body is nested deeper than 32 levels"),
+        (b"\x91" * 5_000 + b"\xc0", MSGPACK, "request body is nested deeper than 32 levels"),  # StackError
+        (b'{"ok": 1}\n' + b"[" * 1_000 + b"]" * 1_000, NDJSON, "line 2 is nested deeper than 32 levels"),
+        (b'{"index": ' + b"7" * 5_000 + b"}", JSON, "request body holds an integer of more than 4,300 digits"),
+        (b"\n-" + b"1" * 4_301, NDJSON, "line 2 holds an integer of more than 4,300 digits"),
+    ],
+)
+def test_hostile_bodies_are_protocol_errors(body: bytes, media: str, message: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(body, media)
+    assert info.value.message == message
+
+
+def test_nesting_up_to_the_limit_is_read() -> None:
+    assert decode(b"[" * 32 + b"]" * 32, JSON) == json.loads(b"[" * 32 + b"]" * 32)
+    assert not nested_deeper({"a": [{"b": [1]}]}, 4) and nested_deeper({"a": [{"b": [1]}]}, 3)
+    assert not nested_deeper("x", 0) and not nested_deeper([], 1) and nested_deeper([], 0)
+
+
+def batch(body: bytes, media: str) -> list[Any]:
+    _, items = batch_operations(body, media, 10)
+    return list(items)
+
+
+def test_a_batch_that_cannot_be_read_is_refused_whole() -> None:
+    for body, media in [
+        (b"[" * 2_000 + b"]" * 2_000, JSON),
+        (b"\x91" * 5_000 + b"\xc0", MSGPACK),
+        (msgpack.packb({"operations": [[[[1]]]]})[:-1] + b"\x91" * 5_000 + b"\xc0", MSGPACK),
+    ]:
+        with pytest.raises(ProtocolError, match="nested deeper than 32 levels"):
+            batch(body, media)
+    with pytest.raises(ProtocolError, match="integer of more than 4,300 digits"):
+        batch(b'[{"op": ' + b"1" * 5_000 + b"}]", JSON)
+
+
+def test_an_ndjson_line_that_cannot_be_read_fails_alone() -> None:
+    body = b'{"op": "delete"}\n' + b"[" * 2_000 + b"]" * 2_000 + b"\n" + b"9" * 5_000 + b"\n"
+    ok, deep, digits = batch(body, NDJSON)
+    assert ok == {"op": "delete"}
+    assert isinstance(deep, Malformed) and deep.message == "line 2 is nested deeper than 32 levels"
+    assert isinstance(digits, Malformed) and digits.message == "line 3 holds an integer of more than 4,300 digits"

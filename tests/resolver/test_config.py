@@ -290,6 +290,14 @@ def test_recursive_cache_and_upstream_settings_come_from_the_topology() -> None:
     assert load_topology().node("recursive").upstream.deadline == 3.0
 
 
+def test_the_upstream_table_bounds_come_from_the_topology() -> None:
+    spec = {"role": "recursive", "listen": "127.0.0.1:9000", "upstream": {"max_servers": 64, "forget_after": 60}}
+    node = parse_topology(with_node("r", spec)).node("r")
+    assert (node.upstream.max_servers, node.upstream.forget_after) == (64, 60)
+    default = load_topology().node("recursive").upstream
+    assert (default.max_servers, default.forget_after) == (1024, 600.0)
+
+
 @pytest.mark.parametrize(
     ("spec", "words"),
     [
@@ -297,6 +305,8 @@ def test_recursive_cache_and_upstream_settings_come_from_the_topology() -> None:
         ({"role": "recursive", "listen": "h:1", "cache": {"max_ttl": "long"}}, "max_ttl must be a number"),
         ({"role": "recursive", "listen": "h:1", "cache": {"min_ttl": 10, "max_ttl": 5}}, "min_ttl"),
         ({"role": "recursive", "listen": "h:1", "upstream": []}, "expected a table"),
+        ({"role": "recursive", "listen": "h:1", "upstream": {"max_servers": 0}}, "max_servers must be a whole"),
+        ({"role": "recursive", "listen": "h:1", "upstream": {"forget_after": 0}}, "forget_after must be a positive"),
         ({"role": "enterprise", "prefix": "88.118.7", "listen": "h:1", "cache": {}}, "belong to recursive nodes"),
     ],
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -290,3 +292,38 @@ def test_filter_returns_exactly_the_matching_values_in_order(
         assert got == tuple(values)
     else:
         assert got == tuple(v for v in values if _oracle(v, types, wanted))
+
+
+# -- data kept as sent, from a msgpack body (issue 11, finding 3) --------------------------------------
+
+SERVER = {"address": "h", "interfaces": [{"protocol": "HTTP", "port": 1}]}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"format": "key", "value": {"k": [{}]}}, None),
+        (
+            {"format": "key", "value": {"k": json.loads("[" * 33 + "]" * 33)}},
+            "key data is nested deeper than 32 levels",
+        ),
+        ({"format": "key", "value": {"kty": b"\x01"}}, "key data must be plain JSON, not binary data (1 bytes)"),
+        ({"format": "key", "value": {b"kty": "EC"}}, "a member name is binary data"),
+        ({"format": "site", "value": {"servers": [{**SERVER, "publicKey": msgpack.Timestamp(0, 0)}]}}, "publicKey"),
+        ({"format": "site", "value": {"protocolVersion": [1], "servers": [SERVER]}}, "protocolVersion must be"),
+    ],
+)
+def test_data_kept_as_sent_must_be_plain_json(data: Any, message: str | None) -> None:
+    body = [{"index": 1, "type": "KEY", "data": data}]
+    if message is None:
+        assert parse_put_body(body, handle_text=H, now=NOW)[0].value == data["value"]
+        return
+    with pytest.raises(InvalidValue) as info:
+        parse_put_body(body, handle_text=H, now=NOW)
+    assert message in info.value.message
+
+
+def test_a_body_naming_another_handle_is_quoted_briefly() -> None:
+    with pytest.raises(ProtocolError) as info:
+        parse_put_body({"handle": b"\x00" * 9, "values": []}, handle_text=H, now=NOW)
+    assert info.value.message == f'body names handle binary data (9 bytes) but the path names "{H}"'

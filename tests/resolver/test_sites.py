@@ -7,7 +7,16 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resolver.sites import SiteServer, is_site_type, is_site_value, site_data, site_servers, site_value
+from resolver.sites import (
+    MAX_SITE_SERVERS,
+    SiteServer,
+    is_site_type,
+    is_site_value,
+    normal_host,
+    site_data,
+    site_servers,
+    site_value,
+)
 from resolver.values import DEFAULT_TTL, HandleValue, value_from_wire, value_to_wire
 
 
@@ -129,3 +138,43 @@ def test_one_predicate_says_what_a_site_value_is() -> None:
 
 def test_no_sites_no_servers() -> None:
     assert site_servers([]) == []
+
+
+# -- bounded servers per referral (issue 11, finding 7) -------------------------------------------
+
+
+def _many(addresses: list[tuple[str, int]], *, primary: bool = True) -> HandleValue:
+    data = {
+        "primarySite": primary,
+        "servers": [
+            {"serverId": i + 1, "address": host, "interfaces": [{"protocol": "HTTP", "port": port}]}
+            for i, (host, port) in enumerate(addresses)
+        ],
+    }
+    return value_from_wire(
+        {"index": 1, "type": "HS_SITE", "data": {"format": "site", "value": data}}, position=1, now=0
+    )
+
+
+def test_a_referral_naming_hundreds_of_servers_yields_at_most_the_cap_primaries_first() -> None:
+    mirror = _many([("10.0.0.1", 81)], primary=False)
+    flood = _many([("127.0.0.1", 20000 + i) for i in range(300)])
+    servers = site_servers([mirror, flood])
+    assert len(servers) == MAX_SITE_SERVERS == 16
+    assert servers[0] == SiteServer("http://127.0.0.1:20000", True, "")
+    assert all(s.primary for s in servers)  # the cap keeps primaries; the mirror is the one left out
+
+
+def test_spellings_of_one_server_count_once() -> None:
+    spellings = ["127.0.0.1", "127.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "127.0.0.1.", "[127.0.0.1]"]
+    value = _many([(host, 8300) for host in spellings] + [("LOCALHOST", 8300), ("localhost.", 8300)])
+    assert [s.url for s in site_servers([value, value])] == ["http://127.0.0.1:8300", "http://localhost:8300"]
+    six = _many([("::1", 80), ("0:0:0:0:0:0:0:1", 80), ("[::1]", 80), ("::1", 81)])
+    assert [s.url for s in site_servers([six])] == ["http://[::1]:80", "http://[::1]:81"]
+
+
+def test_addresses_a_url_cannot_name_are_dropped() -> None:
+    for address in ["evil/../x", "a b", "host:80/x", "127.0.0.256", "1.2.3.4.5", "", "a..b", "09.1.1.1"]:
+        assert normal_host(address) is None, address
+    value = _many([("evil/../healthz?", 80), ("10.0.0.1", 80)])
+    assert site_servers([value]) == [SiteServer("http://10.0.0.1:80", True, "")]

@@ -207,3 +207,67 @@ def test_order_is_a_permutation_with_healthy_first(events: list[tuple[SiteServer
     assert downs == sorted(downs)
     for s in servers:
         assert 0.05 <= up.try_timeout(s.url) <= 1.0
+
+
+# -- bounded state (issue 11, finding 7): a referral must not make the table, probes or metrics grow --
+
+
+def test_the_table_keeps_at_most_max_servers_forgetting_the_least_recently_asked() -> None:
+    forgotten: list[str] = []
+    clock = FakeClock()
+    up = Upstreams(UpstreamConfig(max_servers=3), clock=clock, on_forget=forgotten.append)
+    urls = [f"http://127.0.0.{i}:9" for i in range(1, 6)]
+    for url in urls[:3]:
+        up.failure(url, "refused")
+        clock.advance(1)
+    up.success(urls[0], 0.01)  # asked again: now the most recent, so urls[1] goes first
+    up.failure(urls[3], "refused")
+    up.failure(urls[4], "refused")
+    assert forgotten == [urls[1], urls[2]]
+    assert len(up) == 3 and sorted(up.snapshot()) == sorted([urls[0], urls[3], urls[4]])
+    assert not up.tracks(urls[1]) and up.health(urls[1]).failures == 0  # nothing is kept of it
+
+
+def test_a_server_not_asked_for_forget_after_is_forgotten_and_no_longer_probed() -> None:
+    up, clock = make(max_fails=1, forget_after=600)
+    up.failure(OTHER.url, "refused")
+    assert up.down_servers() == [OTHER.url]
+    for _ in range(20):  # the driver probes it every interval; probes are not uses
+        clock.advance(30)
+        up.failure(OTHER.url, "health probe failed", probe=True)
+    assert up.down_servers() == [] and not up.tracks(OTHER.url)
+    up.success(OTHER.url, 0.01, probe=True)  # a late probe answer does not bring it back
+    assert not up.tracks(OTHER.url) and up.snapshot() == {}
+
+
+def test_asking_a_server_keeps_it() -> None:
+    up, clock = make(max_fails=1, forget_after=600)
+    up.failure(OTHER.url, "refused")
+    clock.advance(599)
+    up.failure(OTHER.url, "refused")
+    clock.advance(599)
+    assert up.down_servers() == [OTHER.url]
+    clock.advance(1)
+    assert up.down_servers() == []
+
+
+def test_root_hints_are_never_forgotten_nor_counted_against_the_bound() -> None:
+    clock = FakeClock()
+    up = Upstreams(UpstreamConfig(max_fails=1, max_servers=1), clock=clock, keep=[CHONGQING.url, CHENGDU.url])
+    up.failure(CHONGQING.url, "refused")
+    up.success(CHENGDU.url, 0.01)
+    for i in range(5):
+        up.failure(f"http://127.0.0.{i}:9", "refused")
+    clock.advance(100_000)
+    assert up.down_servers() == [CHONGQING.url]  # still probed: every walk starts at the roots
+    assert sorted(up.snapshot()) == sorted([CHONGQING.url, CHENGDU.url])
+
+
+def test_bounds_are_checked() -> None:
+    bad: list[Any] = [0, 10.5, True]
+    for servers in bad:
+        with pytest.raises(ConfigError, match="max_servers must be a whole number"):
+            UpstreamConfig(max_servers=servers)
+    for seconds in (0, -1, float("nan")):
+        with pytest.raises(ConfigError, match="forget_after must be a positive number of seconds"):
+            UpstreamConfig(forget_after=seconds)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -17,6 +18,7 @@ from resolver.values import (
     DEFAULT_TTL,
     HandleValue,
     Reference,
+    describe,
     format_timestamp,
     value_from_wire,
     value_to_wire,
@@ -466,3 +468,29 @@ def test_any_valid_value_survives_the_wire(raw: dict[str, Any], now: int) -> Non
 def test_public_secret_key_survives_the_wire() -> None:
     v = read({"index": 300, "type": "HS_SECKEY", "data": "pbkdf2-sha256$1$AA==$AA==", "permissions": "1110"})
     assert read(value_to_wire(v)).permissions == "1110"
+
+
+# -- what a message quotes of a hostile value (issue 11, finding 3) -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (None, "null"),
+        (-5, "-5"),
+        pytest.param(10**5_000, "an integer of 16610 bits", id="5001 digits"),  # str() raises past 4,300
+        ("x" * 61, '"' + "x" * 60 + '..." (61 characters)'),
+        (b"\x00\x01", "binary data (2 bytes)"),
+        ([[[1]]], "a list of 1 items"),
+        (msgpack.ExtType(5, b"x"), "a msgpack ExtType"),
+        (msgpack.Timestamp(1, 0), "a msgpack Timestamp"),
+    ],
+)
+def test_describe_is_short_and_safe(raw: Any, shown: str) -> None:
+    assert describe(raw) == shown
+
+
+def test_digit_strings_are_bounded_before_int() -> None:
+    assert read({"index": 1, "type": "URL", "data": "x", "ttl": "0" * 40 + "60"}).ttl == 60
+    message = refused({"index": 1, "type": "URL", "data": "x", "ttl": "9" * 5_000})
+    assert "(5,000 characters) is out of range (0 to 2147483647)" in message

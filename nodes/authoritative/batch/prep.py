@@ -30,7 +30,7 @@ from resolver.errors import HandleError, InvalidHandle
 from resolver.limits import Limits
 from resolver.names import MAX_HANDLE_LENGTH, Handle, parse_handle
 from resolver.records import parse_put_body
-from resolver.values import simple_value_rows
+from resolver.values import describe, simple_value_rows
 
 __all__ = [
     "CHUNK",
@@ -44,11 +44,6 @@ __all__ = [
 
 # Operations decoded and validated between two yields to the event loop: ~3 ms of work here.
 CHUNK = 250
-
-
-def _brief(raw: Any) -> str:
-    text = repr(raw)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # The part before "/" of ordinary handles seen valid -> their normalised prefix. A handle under a
@@ -76,13 +71,13 @@ def prepare(raw: Any, position: int, now: int, limits: Limits) -> WriteOp | dict
     if type(raw) is not dict:
         if isinstance(raw, Malformed):
             return failure(4, "", raw.message)
-        return failure(4, "", f"operation {position + 1} is not a map of op, handle and values: {_brief(raw)}")
+        return failure(4, "", f"operation {position + 1} is not a map of op, handle and values: {describe(raw)}")
     text = raw.get("handle")
     if type(text) is not str:
         return failure(4, "", f'operation {position + 1} has no "handle" string')
     kind = raw.get("op")
     if kind not in BATCH_KINDS:
-        return failure(4, text, f'unknown op {_brief(kind)}: "op" must be "create", "upsert" or "delete"')
+        return failure(4, text, f'unknown op {describe(kind)}: "op" must be "create", "upsert" or "delete"')
     try:
         key, zone, handle = _parse(text)
     except InvalidHandle as exc:

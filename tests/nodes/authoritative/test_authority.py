@@ -3,12 +3,14 @@ and authentication, over ``MemoryStorage``."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import pytest
 
 from nodes.authoritative.authority import Authority
+from nodes.authoritative.login_limits import LoginLimits, LoginLimitsConfig, Rate
 from resolver.auth import Identity, hash_secret
 from resolver.client import basic_auth
 from resolver.config import Limits
@@ -20,6 +22,8 @@ from resolver.errors import (
     NotResponsible,
     PermissionDenied,
     ReadOnly,
+    TooManyRequests,
+    UpstreamError,
     ValueAlreadyExists,
     ValuesNotFound,
 )
@@ -28,7 +32,7 @@ from resolver.records import parse_put_body
 from resolver.sites import site_value
 from resolver.storage import Write
 from resolver.values import HandleValue
-from tests.conftest import topology_of
+from tests.conftest import FakeClock, topology_of
 from tests.fakes import MemoryStorage
 
 NOW = 1_700_000_000
@@ -210,7 +214,7 @@ async def test_a_wrong_secret_is_refused(authority: Authority) -> None:
         AuthenticationFailed, match=re.escape("authentication failed for 300:88.118/USER: wrong secret")
     ):
         await authority.authenticate(basic_auth("300:88.118/USER", "nope"))
-    with pytest.raises(AuthenticationFailed, match=re.escape("88.118/NOBODY has no HS_SECKEY value on this node")):
+    with pytest.raises(AuthenticationFailed, match=re.escape("300:88.118/NOBODY does not exist, so it cannot be")):
         await authority.authenticate(basic_auth("300:88.118/NOBODY", "x"))
     assert await authority.authenticate(None) is None
 
@@ -222,3 +226,131 @@ async def test_a_changed_secret_forgets_the_credentials_it_cached(authority: Aut
     with pytest.raises(AuthenticationFailed, match=re.escape("wrong secret")):
         await authority.authenticate(old)
     assert await authority.authenticate(basic_auth("300:88.118/USER", "new-pw")) == USER
+
+
+class RecordingVerifier:
+    """A remote verifier that says ``answer`` (or raises it) and records who it was asked about."""
+
+    def __init__(self, answer: bool | Exception = True) -> None:
+        self.answer = answer
+        self.asked: list[tuple[str, str]] = []
+
+    async def __call__(self, identity: Identity, authorization: str, own_url: str) -> bool:
+        self.asked.append((str(identity), own_url))
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def test_a_handle_served_here_is_decided_here_and_never_asked_of_the_tree(authority: Authority) -> None:
+    # Issue 11, finding 4: an existing handle without HS_SECKEY at the index was asked of the tree,
+    # which led back to this node, which asked the tree again... 600 requests, then a 502.
+    verifier = RecordingVerifier()
+    authority._remote_verifier = verifier
+    await put(authority, "88.118/CAR", url(1, "https://a"))
+    with pytest.raises(AuthenticationFailed) as info:
+        await authority.authenticate(basic_auth("1:88.118/CAR", "x"))
+    assert (info.value.http_status, info.value.response_code) == (401, 403)
+    assert info.value.message == "1:88.118/CAR has no HS_SECKEY value at index 1, so it cannot be authenticated"
+    with pytest.raises(AuthenticationFailed, match=re.escape("300:88.118.9/NOBODY does not exist")):
+        await authority.authenticate(basic_auth("300:88.118.9/NOBODY", "x"))  # a hosted prefix: ours too
+    assert verifier.asked == []
+    # Served elsewhere: under a delegation, or the delegated prefix's own handle (its secret is there).
+    assert await authority.authenticate(basic_auth("300:88.118.8/USER", "pw")) == Identity(
+        300, "88.118.8/USER", "88.118.8/USER"
+    )
+    await authority.authenticate(basic_auth("300:0.NA/88.118.8", "pw"))
+    assert verifier.asked == [("300:88.118.8/USER", SPEC.url), ("300:0.NA/88.118.8", SPEC.url)]
+
+
+def limited(authority: Authority, clock: FakeClock) -> None:
+    authority.login_limits = LoginLimits(
+        LoginLimitsConfig(identity=Rate(3, 1 / 10), client=Rate(5, 1 / 10), max_keys=100), clock
+    )
+
+
+async def test_wrong_secrets_are_limited_per_identity_with_429(authority: Authority) -> None:
+    # Issue 11, finding 10: ~19 guesses a second, never a 429.
+    clock = FakeClock()
+    limited(authority, clock)
+    for _ in range(3):
+        with pytest.raises(AuthenticationFailed, match="wrong secret"):
+            await authority.authenticate(basic_auth("300:88.118/USER", "guess"), client="10.0.0.1")
+    with pytest.raises(TooManyRequests) as info:
+        await authority.authenticate(basic_auth("300:88.118/USER", "user-pw"), client="10.0.0.2")
+    assert (info.value.http_status, info.value.response_code, info.value.retry_after) == (429, 3, 10)
+    assert "too many failed logins for 300:88.118/USER" in info.value.message
+    # The operator, from the same client, is not affected; nor the user once the bucket refilled.
+    assert await authority.authenticate(basic_auth("300:0.NA/88.118", "operator-pw"), client="10.0.0.1") == OPERATOR
+    clock.advance(10)
+    assert await authority.authenticate(basic_auth("300:88.118/USER", "user-pw"), client="10.0.0.2") == USER
+
+
+async def test_a_check_that_could_not_be_made_does_not_count_as_a_failure(authority: Authority) -> None:
+    limited(authority, FakeClock())
+    authority._remote_verifier = RecordingVerifier(UpstreamError("home node down"))
+    for _ in range(10):
+        with pytest.raises(UpstreamError):
+            await authority.authenticate(basic_auth("300:88.118.8/USER", "pw"), client="10.0.0.1")
+    assert len(authority.login_limits.identities) == 0 and len(authority.login_limits.clients) == 0
+
+
+async def test_a_principal_without_rights_learns_nothing_of_which_values_exist(authority: Authority) -> None:
+    # Issue 11, finding 11: DELETE ?index=2 answered 403 but ?index=9 400, PUT ?index=2&overwrite=false 409.
+    await put(authority, "88.118/CAR", url(1, "https://a"), url(2, "https://b"))
+
+    async def refusal(write: Any) -> tuple[int, int, str]:
+        with pytest.raises(PermissionDenied) as info:
+            await write
+        return info.value.http_status, info.value.response_code, info.value.message
+
+    car = parse_handle("88.118/CAR")
+    for existing, missing in [
+        (authority.delete(car, indexes=[2], identity=USER), authority.delete(car, indexes=[9], identity=USER)),
+        (
+            put(authority, "88.118/CAR", url(2, "https://x"), overwrite=False, indexes=[2], identity=USER),
+            put(authority, "88.118/CAR", url(9, "https://x"), overwrite=False, indexes=[9], identity=USER),
+        ),
+        (
+            put(authority, "88.118/CAR", url(2, "https://x"), indexes=[2], identity=USER),
+            put(authority, "88.118/CAR", url(9, "https://x"), indexes=[9], identity=USER),
+        ),
+    ]:
+        first, second = await refusal(existing), await refusal(missing)
+        assert first == second and first[:2] == (403, 401), (first, second)
+        assert first[2].startswith("300:88.118/USER may not ")
+    assert await stored(authority, "88.118/CAR") == {1: "https://a", 2: "https://b"}
+
+
+async def test_concurrent_requests_with_one_header_share_one_check_and_one_try(authority: Authority) -> None:
+    # A client opening many connections at once with the right secret must not spend the bucket (the
+    # mirror catching up, a bulk load with --concurrency) nor pay PBKDF2 once per connection.
+    limited(authority, FakeClock())
+    verifier = RecordingVerifier()
+    authority._remote_verifier = verifier
+    header = basic_auth("300:88.118.8/USER", "pw")
+    found = await asyncio.gather(*(authority.authenticate(header, client="10.0.0.1") for _ in range(20)))
+    assert set(found) == {Identity(300, "88.118.8/USER", "88.118.8/USER")}
+    assert len(verifier.asked) == 1, "one check for the twenty requests"
+    wrong = basic_auth("300:88.118/USER", "guess")
+    results = await asyncio.gather(
+        *(authority.authenticate(wrong, client="10.0.0.1") for _ in range(20)), return_exceptions=True
+    )
+    assert all(isinstance(r, AuthenticationFailed) and "wrong secret" in r.message for r in results)
+    assert await authority.authenticate(basic_auth("300:88.118/USER", "user-pw")) == USER, "one try spent, not 20"
+
+
+async def test_clients_behind_the_recursive_node_are_limited_per_identity_only(authority: Authority) -> None:
+    # Every client the recursive node forwards arrives from its address: limiting that address would let
+    # one guesser lock every other client of the recursive node out.
+    limited(authority, FakeClock())
+    authority.proxies = frozenset({"10.0.0.9"})
+    for n in range(6):  # past the per-client bucket (5), under nobody's per-identity bucket (3 each)
+        with pytest.raises(AuthenticationFailed, match=re.escape(f"300:88.118/GUESS-{n} does not exist")):
+            await authority.authenticate(basic_auth(f"300:88.118/GUESS-{n}", "guess"), client="10.0.0.9")
+    assert await authority.authenticate(basic_auth("300:88.118/USER", "user-pw"), client="10.0.0.9") == USER
+    for n in range(5):
+        with pytest.raises(AuthenticationFailed):
+            await authority.authenticate(basic_auth(f"300:88.118/GUESS-{n}", "guess"), client="10.0.0.1")
+    with pytest.raises(TooManyRequests, match=re.escape("too many failed logins from 10.0.0.1")):
+        await authority.authenticate(basic_auth("300:88.118/OPERATOR-GUESS", "x"), client="10.0.0.1")

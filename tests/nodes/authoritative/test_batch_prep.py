@@ -3,14 +3,16 @@ validation decides exactly as the slow one it stands for (hypothesis)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nodes.authoritative.batch import prep as batchprep
-from resolver.codec import pack_rows, pack_values, value_row
+from resolver.codec import pack_rows, pack_values, row_packer, value_row
 from resolver.config import Limits
 from resolver.errors import HandleError, InvalidHandle
 from resolver.names import parse_handle
@@ -24,7 +26,9 @@ texts = st.one_of(
 )
 wire_values = st.fixed_dictionaries(
     {
-        "index": st.one_of(st.integers(-2, 6), st.sampled_from([True, "1", 2**31, 2**31 - 1, 1.0])),
+        "index": st.one_of(
+            st.integers(-2, 6), st.sampled_from([True, "1", 2**31, 2**31 - 1, 1.0, b"\x01", 10**30, "0" * 30 + "2"])
+        ),
         "type": st.one_of(
             st.sampled_from(
                 ["URL", "HS_ADMIN", "hs_seckey", "HS_SITE", "HS_VLIST", "", "TOO-LONG-1", "a\tb", "EMAIL", "hs_site.6"]
@@ -44,8 +48,11 @@ wire_values = st.fixed_dictionaries(
         ),
     },
     optional={
-        "ttl": st.one_of(st.integers(-1, 100_000), st.sampled_from(["60", True, 2**31, 2**31 - 1, "1d"])),
-        "permissions": st.sampled_from(["1110", "1100", "0010", "111", "11101", "11x0", 1110]),
+        "ttl": st.one_of(
+            st.integers(-1, 100_000),
+            st.sampled_from(["60", True, 2**31, 2**31 - 1, "1d", "9" * 5_000, "0" * 30 + "60", b"", 10**30]),
+        ),
+        "permissions": st.sampled_from(["1110", "1100", "0010", "111", "11101", "11x0", 1110, b"1110"]),
         "references": st.one_of(st.just([]), st.just({}), st.just([{"index": 1, "handle": "88/x"}])),
         "timestamp": st.just("2026-11-22T08:00:00Z"),
     },
@@ -74,7 +81,7 @@ plausible_values = st.builds(
             st.fixed_dictionaries(
                 {},
                 optional={
-                    "ttl": st.sampled_from([0, 60, 86400, 2**31 - 1, -1, "60"]),
+                    "ttl": st.sampled_from([0, 60, 86400, 2**31 - 1, -1, "60", "0" * 25 + "1", "9" * 5_000]),
                     "permissions": st.sampled_from(["1110", "0100", "111"]),
                     "references": st.just([]),
                     "timestamp": st.just("x"),
@@ -176,3 +183,51 @@ def test_keep_row_timestamps_is_keep_timestamps_on_rows(
     kept = keep_row_timestamps([value_row(v) for v in before], [value_row(v) for v in after])
     expected = [value_row(v) for v in keep_timestamps(before, after)]
     assert (kept if kept is not None else [value_row(v) for v in after]) == expected
+
+
+# -- hostile operations fail one by one, in words (issue 11, finding 3) --------------------------------
+
+hostile = st.one_of(
+    st.binary(max_size=3),
+    st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=2)),
+    st.just(msgpack.Timestamp(1, 0)),
+    st.integers(min_value=2**63, max_value=2**200),
+    st.sampled_from([10**5_000, "9" * 5_000, "0" * 30 + "7", json.loads("[" * 40 + "]" * 40), {b"k": 1}]),
+)
+hostile_values = st.fixed_dictionaries(
+    {
+        "index": st.one_of(st.integers(1, 3), hostile),
+        "type": st.one_of(st.sampled_from(["URL", "HS_SITE", "HS_ADMIN", "HS_VLIST"]), hostile),
+        "data": st.one_of(
+            st.just("x"),
+            hostile,
+            st.fixed_dictionaries(
+                {"format": st.one_of(st.sampled_from(["key", "site", "admin", "vlist"]), hostile), "value": hostile}
+            ),
+            st.builds(lambda h: {"format": "key", "value": {"kty": h}}, hostile),
+            st.builds(
+                lambda h, k: {"format": "site", "value": {"servers": [{"address": "h", k: h, "interfaces": []}]}},
+                hostile,
+                st.sampled_from(["publicKey", "serverId"]),
+            ),
+        ),
+    },
+    optional={"ttl": hostile, "permissions": hostile, "references": hostile},
+)
+hostile_ops = st.fixed_dictionaries(
+    {
+        "op": st.one_of(st.sampled_from(["create", "upsert", "delete"]), hostile),
+        "handle": st.one_of(st.just("88.118/x"), hostile),
+        "values": st.one_of(st.lists(hostile_values, max_size=3), hostile),
+    }
+)
+
+
+@settings(max_examples=1_000, deadline=None)
+@given(st.lists(st.one_of(hostile_ops, hostile), max_size=4))
+def test_hostile_operations_fail_one_by_one_in_words(raws: list[Any]) -> None:
+    items = batchprep.prepare_chunk(raws, 0, NOW, Limits(), row_packer())
+    for item in items:
+        if isinstance(item, dict):
+            assert item["responseCode"] in (4, 102, 202) and len(item["message"]) < 400, item
+    batchprep.Prepared.empty().add(items)  # every operation fits between processes

@@ -24,6 +24,7 @@ from tests.conftest import LocalNode, free_port, topology_of
 SECRETS = {"top": "top-operator-secret", "auto": "auto-operator-secret", "carmaker": "carmaker-operator-secret"}
 USER = "300:88.118.8/USER-1"
 USER_SECRET = "user-1-secret"
+ELSEWHERE = "http://127.0.0.1:1"  # the URL of the node asking, in tests where that is none of the tree's
 
 
 def make_topology() -> Topology:
@@ -97,8 +98,8 @@ async def test_a_foreign_identity_is_verified_at_its_home_node_through_the_tree(
 
 async def test_the_verifier_says_yes_only_for_the_right_secret(tree: Tree) -> None:
     verify = remote_verifier(HandleClient(tree.session), [tree.url("top")])
-    assert await verify(identity(USER), basic_auth(USER, USER_SECRET)) is True
-    assert await verify(identity(USER), basic_auth(USER, "wrong")) is False
+    assert await verify(identity(USER), basic_auth(USER, USER_SECRET), ELSEWHERE) is True
+    assert await verify(identity(USER), basic_auth(USER, "wrong"), ELSEWHERE) is False
 
 
 async def test_a_prefix_identity_is_verified_at_the_prefix_own_node(tree: Tree) -> None:
@@ -114,10 +115,10 @@ async def test_a_prefix_identity_is_verified_at_the_prefix_own_node(tree: Tree) 
 async def test_an_unknown_identity_does_not_exist(tree: Tree) -> None:
     verify = remote_verifier(HandleClient(tree.session), [tree.url("top")])
     with pytest.raises(AuthenticationFailed, match=re.escape("300:88.118.8/NOBODY does not exist")):
-        await verify(identity("300:88.118.8/NOBODY"), basic_auth("300:88.118.8/NOBODY", "x"))
+        await verify(identity("300:88.118.8/NOBODY"), basic_auth("300:88.118.8/NOBODY", "x"), ELSEWHERE)
     # No node serves 88.999: for the client that is no such identity either, not an upstream failure.
     with pytest.raises(AuthenticationFailed, match=re.escape("300:88.999/X does not exist")):
-        await verify(identity("300:88.999/X"), basic_auth("300:88.999/X", "x"))
+        await verify(identity("300:88.999/X"), basic_auth("300:88.999/X", "x"), ELSEWHERE)
     status, body = await tree.whoami("top", "300:88.118.8/NOBODY", "x")
     assert status == 401 and body["responseCode"] == 403 and "does not exist" in body["message"]
 
@@ -129,9 +130,40 @@ async def test_home_node_down_is_an_upstream_error_naming_it(tree: Tree) -> None
     with pytest.raises(
         UpstreamError, match=re.escape(f"cannot verify {USER} now: its home node could not be reached")
     ) as caught:
-        await verify(identity(USER), basic_auth(USER, USER_SECRET))
+        await verify(identity(USER), basic_auth(USER, USER_SECRET), ELSEWHERE)
     assert [(a.server, a.kind) for a in caught.value.attempts] == [(home, FailureKind.CANNOT_CONNECT)]
     assert f"{home}: cannot connect" in caught.value.message
     status, body = await tree.whoami("top", USER, USER_SECRET)
     assert status == 502 and body["responseCode"] == 2
     assert "could not be reached" in body["message"] and home in body["message"]
+
+
+async def test_the_node_asking_never_calls_itself(tree: Tree) -> None:
+    # Issue 11, finding 4: the carmaker asking the tree about its own handle was led back to itself.
+    verify = remote_verifier(HandleClient(tree.session), [tree.url("top")])
+    home = tree.url("carmaker")
+    port = tree.topology.node("carmaker").port
+    for own_url in (home, f"http://localhost:{port}", f"https://[::1]:{port}"):
+        with pytest.raises(AuthenticationFailed) as caught:
+            await verify(identity(USER), basic_auth(USER, USER_SECRET), own_url)
+        assert caught.value.message == (
+            f"{USER} cannot be authenticated: the tree names this node ({home}) as its home, "
+            "but this node holds no HS_SECKEY value for it"
+        )
+
+
+async def test_a_not_found_from_one_root_is_confirmed_by_the_other(tree: Tree, tmp_path: Path) -> None:
+    # Issue 11, finding 9: a top-level node whose database was emptied answers 404 for every prefix
+    # handle; the other root still knows the identity, as it would be asked after a 5xx.
+    empty_topology = topology_of(
+        {"empty": {"role": "top", "prefix": "88", "listen": f"127.0.0.1:{free_port()}", "description": "Emptied"}}
+    )
+    empty = await LocalNode(empty_topology, "empty", tmp_path / "empty", tree.session, secret="x").start()
+    try:
+        verify = remote_verifier(HandleClient(tree.session), [empty.url, tree.url("top")])
+        operator = "300:0.NA/88.118.8"
+        assert await verify(identity(operator), basic_auth(operator, SECRETS["carmaker"]), ELSEWHERE) is True
+        with pytest.raises(AuthenticationFailed, match=re.escape("300:0.NA/88.118.77 does not exist")):
+            await verify(identity("300:0.NA/88.118.77"), basic_auth("300:0.NA/88.118.77", "x"), ELSEWHERE)
+    finally:
+        await empty.stop()

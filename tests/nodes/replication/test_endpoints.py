@@ -151,3 +151,24 @@ async def test_promote_is_for_the_operator_only_and_idempotent(pair: Pair) -> No
     assert (code, body["responseCode"]) == (403, 401) and "may not replicate" in body["message"]
     code, body = await pair.primary.promote()  # a primary taking writes: nothing changes
     assert (code, body) == (200, {"responseCode": 1, "role": "primary", "epoch": 0})
+
+
+async def test_a_msgpack_changes_page_stops_at_its_byte_budget_and_the_mirror_still_catches_up(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pages are bounded in bytes as well as in changes, so a mirror's capped client can always read one
+    # (nodes.replication.follower.PAGE_BYTES); here the budget is one small record.
+    monkeypatch.setattr(endpoints, "PAGE_BYTES", 10)
+    for n in range(3):
+        code, _ = await pair.primary.put(f"88/paged-{n}", url_value(f"https://example.cn/paged/{n}"))
+        assert code in (200, 201)
+    status = await pair.primary.status()
+    after = status["lastSeq"] - 3
+    code, body = await pair.primary.call(
+        "GET", "/api/replication/changes", params={"after": str(after), "limit": "100"}, headers={**auth(OP), **MSGPACK}
+    )
+    assert code == 200
+    assert [c["seq"] for c in body["changes"]] == [after + 1], "one change past the budget, never none"
+    assert body["lastSeq"] == after + 3, "the mirror learns there is more"
+    await eventually(pair.in_sync, 10, "the mirror catches up page by page")
+    assert (await pair.mirror.get("88/paged-2"))[0] == 200

@@ -247,7 +247,9 @@ async def test_open_refuses_what_it_cannot_serve(tmp_path: Path) -> None:
 
     not_a_db = tmp_path / "notes.txt"
     not_a_db.write_bytes(b"this is not a database, just some text that is long enough" * 20)
-    with pytest.raises(HandleError, match=r"storage error: cannot open .*notes\.txt.*: file is not a database"):
+    with pytest.raises(
+        HandleError, match=r"storage error: .*notes\.txt is damaged \(SQLite found: file is not a database\)"
+    ):
         await SQLiteStorage.open(not_a_db)
 
 
