@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from resolver.cache import DEFAULT_CACHE_CONFIG, CacheConfig
 from resolver.errors import ConfigError
@@ -41,6 +42,9 @@ class NodeSpec:
     hosts: tuple[str, ...] = ()  # derived prefixes it hosts itself rather than delegating
     mirror_of: str | None = None  # the primary this node mirrors (it then shares its prefix)
     root_hints: tuple[str, ...] = ()  # for a recursive node: the top-level nodes to start from
+    # For a recursive node: servers outside the topology it may pass a client's credentials to
+    # whatever prefix the tree names them for (resolver.trust; the topology's own nodes always are).
+    trusted_servers: tuple[str, ...] = ()
     description: str = ""
     # A primary acknowledges a write only once a mirror has applied it (the topology's sync_mirrors).
     sync_mirrors: bool = False
@@ -123,6 +127,28 @@ def _listen(value: Any, where: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def _server_urls(value: Any, where: str) -> tuple[str, ...]:
+    """Base URLs like ``http://10.0.0.5:8100``: a scheme, a host and nothing after the port."""
+    urls = _str_list(value, where)
+    for url in urls:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = None
+        if (
+            parts is None
+            or parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ConfigError(f'{where}: {url!r} is not a server URL like "http://10.0.0.5:8100"')
+    return urls
+
+
 def _str_list(value: Any, where: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: expected a list of strings, not {value!r}")
@@ -160,6 +186,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
         "hosts",
         "mirror_of",
         "root_hints",
+        "trusted_servers",
         "description",
         "sync_mirrors",
         "batch_workers",
@@ -199,12 +226,13 @@ def _node(name: str, raw: Any) -> NodeSpec:
             host,
             port,
             root_hints=hints,
+            trusted_servers=_server_urls(raw.get("trusted_servers", []), f"{where} trusted_servers"),
             description=str(raw.get("description", "")),
             cache=_settings(CacheConfig, raw.get("cache", {}), f"{where} cache"),
             upstream=_settings(UpstreamConfig, raw.get("upstream", {}), f"{where} upstream"),
         )
-    if "cache" in raw or "upstream" in raw:
-        raise ConfigError(f"{where}: cache and upstream settings belong to recursive nodes")
+    if "cache" in raw or "upstream" in raw or "trusted_servers" in raw:
+        raise ConfigError(f"{where}: cache, upstream and trusted_servers settings belong to recursive nodes")
     prefix = None if mirror_of else _prefix(raw.get("prefix"), where)
     hosts = tuple(_prefix(h, f"{where} hosts") for h in _str_list(raw.get("hosts", []), where))
     for hosted in hosts:

@@ -10,13 +10,16 @@ identity's handle, and lets that node check the credentials (HANDLE.NET's ``GET
   prefix handle, and its mirror may still know it (issue 11, finding 9), as a 5xx is failed over.
 - The node asking never calls itself: if the tree names it as the identity's home, it refuses
   (asking itself would ask the tree again, and again: issue 11, finding 4).
+- The client's header goes only to the identity's home as the walk finds it: the server that
+  answered the identity's own handle (for ``0.NA/P``, the primary site its HS_SITE values name for
+  P). That is a server the tree names for the identity's own prefix, so ``resolver.trust`` allows
+  it; the walk accepts a referral only from a step above it (``resolver.resolution``), so no other
+  delegation can name that home (issue 11, finding 1).
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from nodes.authoritative.authority import RemoteVerifier
 from resolver.auth import Identity
@@ -25,6 +28,7 @@ from resolver.errors import AuthenticationFailed, UpstreamError
 from resolver.names import parse_handle
 from resolver.resolution import Answer, NotFound, Resolution, prefix_unregistered
 from resolver.sites import SiteServer, site_servers
+from resolver.trust import same_server
 from resolver.upstream import UpstreamConfig, Upstreams
 from resolver.walk import WALK_UPSTREAM, Transport, drive, walk
 
@@ -33,29 +37,6 @@ __all__ = ["remote_verifier", "same_server"]
 # Walks after a "not found" to hear the other servers of the step that answered it: a primary and a
 # mirror or two, so a few are enough; the bound keeps a site listing many servers from costing more.
 MAX_CONFIRMATIONS = 3
-_THIS_MACHINE = ("localhost", "localhost.")
-
-
-def _host_port(url: str) -> tuple[str, int] | None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        return None
-    host = (parts.hostname or "").lower()
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return ("", port) if host in _THIS_MACHINE else (host, port)
-    # Loopback and the unspecified address (a node listening on 0.0.0.0) are all this machine.
-    return ("", port) if address.is_loopback or address.is_unspecified else (str(address), port)
-
-
-def same_server(url: str, other: str) -> bool:
-    """Whether ``url`` and ``other`` name the same server: same port, and the same host or both this
-    machine (``localhost``, any loopback address, ``0.0.0.0``); the scheme does not matter."""
-    a, b = _host_port(url), _host_port(other)
-    return a is not None and a == b
 
 
 async def _confirmed(resolution: Resolution, transport: Transport, upstreams: Upstreams) -> Resolution:
@@ -86,7 +67,9 @@ async def _confirmed(resolution: Resolution, transport: Transport, upstreams: Up
 
 
 def remote_verifier(
-    client: HandleClient, roots: Sequence[str], config: UpstreamConfig = WALK_UPSTREAM
+    client: HandleClient,
+    roots: Sequence[str],
+    config: UpstreamConfig = WALK_UPSTREAM,
 ) -> RemoteVerifier:
     """Check credentials of identities held elsewhere, finding their home node from ``roots`` (URLs
     of the top-level nodes, in the order to ask them)."""

@@ -8,6 +8,11 @@ Handle body (an object with an integer ``responseCode``) in JSON or msgpack with
 ``resolver.client.MAX_ANSWER_BYTES``; this node answers it itself, encoded as its client asked,
 with the HTTP status the API uses for that responseCode and no header of the upstream's. Anything
 else (a redirect, HTML, an oversized or unreadable body) is a 502 naming the server and the fault.
+
+The client's ``Authorization`` header goes only where ``resolver.trust.may_receive_credentials``
+allows: a server the tree names for the identity's own prefix or under it, a node of this topology,
+or one of the topology's ``trusted_servers``. Any other server is not contacted: the client gets a
+403 naming it, to send its credentials there itself if it means to (issue 11, finding 1).
 """
 
 from __future__ import annotations
@@ -18,11 +23,30 @@ from aiohttp import web
 
 from nodes.recursive.config import CLIENT, RECURSIVE, RECURSIVE_CONFIG
 from nodes.shared.http_api import handle_from_path, query_bool, query_int, query_ints, read_bytes, respond
+from resolver.auth import Identity, parse_basic
 from resolver.client import Reply
-from resolver.errors import Attempt, FailureKind, HandleError, ProtocolError, ReadOnly, UpstreamError
+from resolver.errors import (
+    Attempt,
+    AuthenticationFailed,
+    FailureKind,
+    HandleError,
+    PermissionDenied,
+    ProtocolError,
+    ReadOnly,
+    UpstreamError,
+)
 from resolver.names import Handle, parse_handle, parse_prefix
+from resolver.trust import may_receive_credentials
 
-__all__ = ["HTTP_STATUSES", "answer_of", "forward", "list_handles", "upstream_params", "write_handle"]
+__all__ = [
+    "HTTP_STATUSES",
+    "answer_of",
+    "check_credentials_may_go",
+    "forward",
+    "list_handles",
+    "upstream_params",
+    "write_handle",
+]
 
 # Headers a forwarded request keeps: what the authoritative node needs to authenticate and decode.
 # (The answer is asked for in msgpack by the client and re-encoded here as this client asked.)
@@ -88,6 +112,35 @@ def upstream_params(request: web.Request) -> list[tuple[str, str]]:
     return params
 
 
+def _identity(authorization: str) -> Identity | None:
+    """The identity the header names, or None when this node cannot read it (the owner will say why)."""
+    try:
+        return parse_basic(authorization)[0]
+    except AuthenticationFailed:
+        return None
+
+
+def check_credentials_may_go(request: web.Request, route: Handle, urls: list[str]) -> None:
+    """PermissionDenied, naming the server, unless each of ``urls`` (the servers the tree names for
+    ``route``'s prefix) may be sent the client's ``Authorization`` header; nothing to check without one."""
+    authorization = request.headers.get("Authorization")
+    if authorization is None:
+        return
+    config = request.app[RECURSIVE_CONFIG]
+    trusted = [*(n.url for n in config.topology.nodes.values()), *config.spec.trusted_servers]
+    identity = _identity(authorization)
+    for url in urls:
+        if may_receive_credentials(identity, route.zone, url, trusted):
+            continue
+        whose = f"{identity}'s prefix" if identity is not None else "the prefix of credentials this node cannot read"
+        raise PermissionDenied(
+            f"{route.zone} is served by {url}, which is not a node of this topology, not trusted by its "
+            f"operator and not under {whose}: this node does not pass your credentials on to it; "
+            "send credentialed requests for it there yourself",
+            handle=route.text,
+        )
+
+
 async def forward(request: web.Request, route: Handle, body: bytes | None) -> web.Response:
     """Send the client's request, credentials included, to the primary of the node owning ``route``.
     The path sent is the identifier of this request's path (none for a listing, ``/api/handles``)."""
@@ -95,10 +148,12 @@ async def forward(request: web.Request, route: Handle, body: bytes | None) -> we
     params = upstream_params(request)
     located = await request.app[RECURSIVE].locate(route)
     headers = {k: request.headers[k] for k in _FORWARDED if k in request.headers}
-    attempts: list[Attempt] = []
     # The primary first; a site that answers "read-only" (a demoted old primary, after a promotion
     # that the delegation's HS_SITE values do not show yet) passes the write on to the next site.
-    for server in (*located.primary_servers, *(s for s in located.step_servers if not s.primary)):
+    servers = (*located.primary_servers, *(s for s in located.step_servers if not s.primary))
+    check_credentials_may_go(request, route, [s.url for s in servers])
+    attempts: list[Attempt] = []
+    for server in servers:
         try:
             reply = await request.app[CLIENT].forward(request.method, server.url, target, params, headers, body)
             status, answer = answer_of(server.url, reply)

@@ -1,6 +1,6 @@
 """Pull replication: every node serves its change log and a snapshot; a mirror copies, then follows.
 
-Endpoints (changes, snapshot and promote are operator-only, ``300:0.NA/<prefix>``, as they carry
+Endpoints (changes, snapshot, promote and fence are operator-only, ``300:0.NA/<prefix>``, as they carry
 non-public values such as hashed HS_SECKEY or change the node's role; status is public):
 
 - ``GET /api/replication/changes?after=SEQ&limit=N&wait=SECONDS[&node=NAME&epoch=E]`` ->
@@ -26,8 +26,10 @@ non-public values such as hashed HS_SECKEY or change the node's role; status is 
   mirror adds appliedSeq (the upstream's seq applied), snapshotSeq, primary (URL), primaryNode,
   primaryEpoch, connected, lagSeq, lagSeconds (0 while connected and caught up, else seconds since it
   last was, null if never) and lastError.
-- ``POST /api/replication/promote`` -> ``{"responseCode": 1, "role": "primary", "epoch": N}``: see
-  ``nodes.replication.roles`` (roles, epochs, peer checks, sync_mirrors).
+- ``POST /api/replication/promote`` -> ``{"responseCode": 1, "role": "primary", "epoch": N, "fenced",
+  "message"}``: see ``nodes.replication.roles`` (roles, epochs, peer checks, fencing, sync_mirrors).
+- ``POST /api/replication/fence?node=NAME&epoch=E`` -> ``{"responseCode": 1, "node", "role", "lastSeq"}``:
+  the peer NAME is being promoted to epoch E; a primary stops taking writes first (``Replication.fence``).
 
 Values: in msgpack (between nodes, DESIGN §4) ``values`` is one ``bin`` blob, exactly
 ``codec.pack_values`` output, so a mirror stores bit for bit what the primary holds, unvalidated and
@@ -241,8 +243,21 @@ async def get_status(request: web.Request) -> web.Response:
 async def post_promote(request: web.Request) -> web.Response:
     """Make this node the writable primary (see ``nodes.replication.roles``); the operator only."""
     await _operator(request)
-    epoch = await request.app[REPLICATION].promote()
-    return respond(request, 200, {"responseCode": 1, "role": "primary", "epoch": epoch})
+    done = await request.app[REPLICATION].promote()
+    body = {"responseCode": 1, "role": "primary", "epoch": done.epoch, "fenced": done.fenced, "message": done.message}
+    return respond(request, 200, body)
+
+
+async def post_fence(request: web.Request) -> web.Response:
+    """A peer is being promoted: stop taking writes and answer the last seq; the operator only."""
+    authority = await _operator(request)
+    node, epoch = request.query.get("node", ""), query_int(request, "epoch")
+    if not node or epoch is None or epoch < 1:
+        raise ProtocolError("fence needs node=NAME (the peer being promoted) and epoch=E (its new epoch, >= 1)")
+    replication = request.app[REPLICATION]
+    last = await replication.fence(node, epoch)
+    body = {"responseCode": 1, "node": authority.spec.name, "role": replication.role, "lastSeq": last}
+    return respond(request, 200, body)
 
 
 # -- wiring ----------------------------------------------------------------------------------------
@@ -261,5 +276,6 @@ def setup_replication(app: web.Application) -> None:
     app.router.add_get("/api/replication/snapshot", get_snapshot)
     app.router.add_get("/api/replication/status", get_status)
     app.router.add_post("/api/replication/promote", post_promote)
+    app.router.add_post("/api/replication/fence", post_fence)
     # on_shutdown runs before aiohttp waits for open requests: a 30 s long-poll must not hold it up.
     app.on_shutdown.append(_wake_long_polls)

@@ -37,9 +37,21 @@ away (that is what a mirror outage must not stop). Without a quorum, an old prim
 others keeps accepting writes until its next successful check; those are dropped when it rejoins as
 a mirror. ``sync_mirrors`` closes that gap: no write is acknowledged that a mirror does not hold.
 
-**Promotion** (``POST /api/replication/promote``, the operator only): on a mirror, stop following,
-raise the epoch, store role and epoch, take writes. On a primary already taking writes it changes
-nothing and answers 200 with its epoch (idempotent, so a retried promotion is harmless).
+**Promotion** (``POST /api/replication/promote``, the operator only): on a mirror, fence the peers,
+stop following, raise the epoch, store role and epoch, take writes. On a primary already taking writes
+it changes nothing and answers 200 with its epoch (idempotent, so a retried promotion is harmless).
+
+**Fencing** (``POST /api/replication/fence?node=N&epoch=E``, the operator only). Without it, writes the
+old primary acknowledged after the mirror's last pull and before its next peer check (up to
+``PEER_CHECK_SECONDS``) were lost when it demoted itself. A promotion first fences every peer it can
+reach (``PEER_TIMEOUT`` each): a primary stops taking writes at once (after a write in progress),
+remembers that N is being promoted (it stays read-only, whatever its peer checks say, until it sees N
+as primary and demotes itself, or an operator promotes it back) and answers its last seq, which covers
+every write it acknowledged. The promoted mirror waits until it has applied that seq from it, at most
+``FENCE_WAIT`` seconds (else the promotion fails with 503 and the old primary stays fenced, so a retry
+is safe), and only then takes writes. If the node it follows cannot be reached, it is promoted anyway
+(the operator vouches) and says so (``fenced: false``): writes that node acknowledged since this
+mirror's last pull are lost when it rejoins, the one window left.
 
 **Synchronous acknowledgement** (``sync_mirrors = true`` on a primary in the topology): a mirror's
 long-poll carries ``after`` (exactly the seq it has applied), its name and epoch; the primary keeps
@@ -77,11 +89,20 @@ from nodes.replication.follower import (
 )
 from resolver.client import HandleClient, basic_auth
 from resolver.config import NodeSpec
-from resolver.errors import NotReplicated, ReplicationError, UpstreamError
+from resolver.errors import NotReplicated, ProtocolError, ReplicationError, ServerBusy, UpstreamError
 from resolver.names import prefix_handle
 from resolver.storage import Storage
 
-__all__ = ["REPLICATION", "Replication", "Role", "RoleSource", "StartingRole", "replicating", "starting_role"]
+__all__ = [
+    "REPLICATION",
+    "Promotion",
+    "Replication",
+    "Role",
+    "RoleSource",
+    "StartingRole",
+    "replicating",
+    "starting_role",
+]
 
 log = logging.getLogger("idres.replication")
 
@@ -91,9 +112,19 @@ RECHECK_SECONDS = 0.25  # ...and this often while it has not heard from every pe
 PEER_TIMEOUT = 1.0
 CHECK_WAIT = 3.0  # a write to a primary still checking its peers waits this long for the answer
 SYNC_ACK_TIMEOUT = 2.0  # with sync_mirrors, a write fails if no mirror has applied it by then
+FENCE_WAIT = 10.0  # a promotion waits this long to apply what the fenced old primary acknowledged
 
 Role = Literal["primary", "mirror"]
 RoleSource = Literal["topology", "promoted", "demoted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Promotion:
+    """What ``POST /api/replication/promote`` did: the new epoch, and whether the old primary was fenced."""
+
+    epoch: int
+    fenced: bool  # the node this one followed (or, on a primary, every peer) was fenced first
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +196,7 @@ class Replication:
         self.peers = [n for n in config.topology.sites_of(spec.mirror_of or spec.name) if n.name != spec.name]
         self.checked = False  # a primary: every peer answered since the start (or it was promoted)
         self.conflict: str | None = None
+        self.fenced_by: tuple[str, int] | None = None  # (peer, epoch): that peer is being promoted
         self.sync = spec.sync_mirrors
         self._start = start
         self._checked_event = asyncio.Event()
@@ -303,6 +335,8 @@ class Replication:
                 new_epoch, peer = max(higher, key=lambda item: item[0])
                 await self._demote(peer, new_epoch)
                 return
+            if self.fenced_by is not None:
+                return  # fenced: read-only until the promoted peer shows up (or an operator promotes this node)
             rivals = [p.name for p, role, e in answers if role == "primary" and e == self.epoch]
             ahead = [f"{p.name} (epoch {e})" for p, role, e in answers if e > self.epoch]
             if rivals or ahead:
@@ -332,22 +366,86 @@ class Replication:
             await store.set_meta(name, value)
         for name in (APPLIED_SEQ, SNAPSHOT_SEQ):
             await store.set_meta(name, "")  # "": unset, so the puller copies a fresh snapshot
-        self.role, self.role_source, self.conflict = "mirror", "demoted", None
+        self.role, self.role_source, self.conflict, self.fenced_by = "mirror", "demoted", None, None
         self._checked_event.set()
         await self._follow(peer)
 
     # -- promotion --------------------------------------------------------------------------------
 
-    async def promote(self) -> int:
-        """Make this node the writable primary at a new epoch (unless it already is); its epoch."""
+    async def fence(self, node: str, epoch: int) -> int:
+        """``node`` is being promoted to ``epoch``: a primary stops taking writes now; the last seq.
+
+        Once this returns, no write commits here, so the seq covers every write this node acknowledged."""
+        if not any(peer.name == node for peer in self.peers):
+            raise ProtocolError(f"{node!r} is not a peer of {self.spec.name}: only a peer's promotion fences it")
+        if self.role == "primary":
+            self.fenced_by = (node, epoch)
+            await self.authority.set_read_only(
+                f"{self.spec.name} refuses writes: {node} is being promoted to primary (epoch {epoch}); send "
+                f"writes there once it is (POST /api/replication/promote on {self.spec.name} takes them back)"
+            )
+            log.warning("%s fenced: %s is being promoted (epoch %d)", self.spec.name, node, epoch)
+        return await self.authority.store.last_seq()
+
+    async def _fence_one(self, peer: NodeSpec, epoch: int) -> int | None:
+        """Fence ``peer``; its last seq, or None if it could not be reached or refused."""
+        try:
+            reply = await HandleClient(self._session, timeout=PEER_TIMEOUT).request(
+                "POST",
+                peer.url,
+                "/api/replication/fence",
+                params={"node": self.spec.name, "epoch": str(epoch)},
+                authorization=self._auth,
+            )
+        except UpstreamError:
+            return None
+        last = reply.body.get("lastSeq")
+        if reply.status != 200 or not isinstance(last, int):
+            log.warning("fencing %s: HTTP %d: %s", peer.name, reply.status, reply.body.get("message", reply.body))
+            return None
+        return last
+
+    async def _fence_peers(self, epoch: int) -> tuple[bool, str]:
+        """Fence every reachable peer and apply what the one this node follows acknowledged: (fenced, message)."""
+        seqs = await asyncio.gather(*(self._fence_one(p, epoch) for p in self.peers))
+        reached = {p.name: seq for p, seq in zip(self.peers, seqs, strict=True) if seq is not None}
+        name, store = self.spec.name, self.authority.store
+        if self.mirror is None:  # a primary (checking, or in conflict): nothing to apply
+            missing = [p.name for p in self.peers if p.name not in reached]
+            if missing:
+                return False, f"not fenced (unreachable): {', '.join(missing)}"
+            return True, "every peer was fenced"
+        upstream, seq = self.mirror.name, reached.get(self.mirror.name)
+        if seq is None:
+            applied = await meta_int(store, APPLIED_SEQ)
+            return False, (
+                f"{upstream} could not be reached to fence it: writes it acknowledged after {name} last "
+                f"applied its changes (its seq {applied or 0}) are lost if it still takes writes"
+            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + FENCE_WAIT
+        while (applied := await meta_int(store, APPLIED_SEQ) or 0) < seq:
+            if loop.time() >= deadline:
+                raise ServerBusy(
+                    f"{upstream} was fenced (read-only) at seq {seq}, but {name} applied only up to seq {applied} "
+                    f"within {FENCE_WAIT:g} s, so {name} was not promoted: retry the promotion (POST "
+                    f"/api/replication/promote), or promote {upstream} to take writes there again"
+                )
+            await asyncio.sleep(0.02)
+        return True, f"{upstream} was fenced (read-only); everything it acknowledged, up to its seq {seq}, is applied"
+
+    async def promote(self) -> Promotion:
+        """Make this node the writable primary at a new epoch (unless it already is), fencing the old one."""
         async with self._lock:
             authority = self.authority
             if self.role == "primary" and not authority.read_only:
-                return self.epoch
+                return Promotion(self.epoch, True, f"{self.spec.name} is the primary already")
             answers = await asyncio.gather(*(self._peer_status(p) for p in self.peers))
             seen = [self.epoch, self._seen_epoch, *(a[2] for a in answers if a is not None)]
             if self.mirror is not None and self.mirror.primary_epoch is not None:
                 seen.append(self.mirror.primary_epoch)
+            fenced, message = await self._fence_peers(max(seen) + 1)
+            seen.append(self.epoch)  # adopted from the upstream while this node caught up, if it moved
             if self._mirror_task is not None:
                 self._mirror_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -359,13 +457,13 @@ class Replication:
             for name, value in ((EPOCH, str(epoch)), (ROLE, "primary"), (FOLLOWING, "")):
                 await store.set_meta(name, value)
             self.epoch, self.role, self.role_source = epoch, "primary", "promoted"
-            self.mirror, self.conflict = None, None
+            self.mirror, self.conflict, self.fenced_by = None, None, None
             self._settled()
             await authority.set_read_only(None)
             if self.peers and (self._watch_task is None or self._watch_task.done()):
                 self._watch_task = asyncio.create_task(self._watch_peers(), name=f"peers-of-{self.spec.name}")
-            log.warning("%s promoted to primary at epoch %d", self.spec.name, epoch)
-            return epoch
+            log.warning("%s promoted to primary at epoch %d: %s", self.spec.name, epoch, message)
+            return Promotion(epoch, fenced, message)
 
     # -- synchronous acknowledgement ---------------------------------------------------------------
 

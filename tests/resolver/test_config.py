@@ -312,3 +312,27 @@ def test_the_upstream_table_bounds_come_from_the_topology() -> None:
 )
 def test_bad_recursive_settings_are_named(spec: dict[str, Any], words: str) -> None:
     assert words in config_error(with_node("r", spec))
+
+
+def test_trusted_servers_of_the_recursive_node() -> None:
+    spec = {"role": "recursive", "listen": "h:1", "trusted_servers": ["http://10.0.0.5:8100", "https://ids.example"]}
+    node = parse_topology(with_node("r", spec)).node("r")
+    assert node.trusted_servers == ("http://10.0.0.5:8100", "https://ids.example")
+    assert load_topology().node("recursive").trusted_servers == ()
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"role": "recursive", "listen": "h:1", "trusted_servers": "http://h:1"}, "expected a list of strings"),
+        ({"role": "recursive", "listen": "h:1", "trusted_servers": ["h:1"]}, "'h:1' is not a server URL"),
+        ({"role": "recursive", "listen": "h:1", "trusted_servers": ["ftp://h:1"]}, "is not a server URL"),
+        ({"role": "recursive", "listen": "h:1", "trusted_servers": ["http://h:x"]}, "is not a server URL"),
+        ({"role": "recursive", "listen": "h:1", "trusted_servers": ["http://h:1/api"]}, "is not a server URL"),
+        ({"role": "recursive", "listen": "h:1", "trusted_servers": ["http://u:p@h:1"]}, "is not a server URL"),
+        ({"role": "top", "prefix": "88.7", "listen": "h:1", "trusted_servers": []}, "belong to recursive nodes"),
+    ],
+)
+def test_bad_trusted_servers_are_named(spec: dict[str, Any], words: str) -> None:
+    message = config_error(with_node("r", spec))
+    assert "node 'r'" in message and words in message

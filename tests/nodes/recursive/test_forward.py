@@ -3,6 +3,8 @@ API knows, and the answer rebuilt from the upstream's Handle body, against an up
 
 from __future__ import annotations
 
+import base64
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -17,7 +19,7 @@ from nodes.recursive.config import CLIENT, RECURSIVE, RECURSIVE_CONFIG, Recursiv
 from nodes.recursive.forward import HTTP_STATUSES, answer_of, forward, upstream_params, write_handle
 from nodes.shared.http_api import guarded, handle_from_path
 from resolver.client import HandleClient, Reply
-from resolver.config import DEFAULT_LIMITS
+from resolver.config import DEFAULT_LIMITS, NodeSpec, Topology
 from resolver.driver import RecursiveResolver
 from resolver.errors import FailureKind, ProtocolError, UpstreamError
 from resolver.names import parse_handle
@@ -106,9 +108,11 @@ class Upstream:
     handler: Handler
     url: str = ""
     seen: list[str] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(request.raw_path)
+        self.authorizations.append(request.headers.get("Authorization"))
         return await self.handler(request)
 
 
@@ -190,3 +194,79 @@ async def test_an_answer_without_a_handle_body_is_a_502_naming_the_server(
     body = await response.json()
     assert (response.status, body["responseCode"]) == (502, 2)
     assert upstream.url in body["message"] and "no responseCode, not a Handle answer" in body["message"]
+
+
+# -- credentials go only where they belong (issue 11, finding 1) ----------------------------------
+
+
+def _basic(user: str, secret: str = "s3cret") -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
+@contextlib.asynccontextmanager
+async def _delegated(
+    upstream: Upstream, trusted: tuple[str, ...] = ()
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    """A recursive node whose topology is only itself and that locates every handle at ``upstream``."""
+    spec = NodeSpec("recursive", "recursive", "127.0.0.1", free_port(), trusted_servers=trusted)
+    async with aiohttp.ClientSession() as session:
+        app = web.Application()
+        app[RECURSIVE_CONFIG] = RecursiveConfig(spec, Topology({"recursive": spec}))
+        app[RECURSIVE] = cast(RecursiveResolver, FakeResolver(SiteServer(upstream.url, True)))
+        app[CLIENT] = HandleClient(session, timeout=2.0)
+        app.router.add_get("/api/handles/{handle:.+}", guarded(_get, lambda method, status: None))
+        app.router.add_route("*", "/api/handles/{handle:.+}", guarded(write_handle, lambda method, status: None))
+        async with TestClient(TestServer(app, port=spec.port)) as client:
+            yield client
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_credentials_are_not_sent_to_a_server_delegated_outside_the_identitys_prefix(
+    upstream: Upstream, method: str
+) -> None:
+    async with _delegated(upstream) as client:
+        response = await client.request(
+            method,
+            "/api/handles/88.118.8.1/X?auth=true",
+            data=b'{"values": []}' if method == "PUT" else None,
+            headers={"Authorization": _basic("300%3A0.NA/88.119.6")},
+        )
+        body = await response.json()
+    assert (response.status, body["responseCode"]) == (403, 401)
+    assert f"88.118.8.1 is served by {upstream.url}, which is not a node of this topology" in body["message"]
+    assert "not under 300:0.NA/88.119.6's prefix" in body["message"]
+    assert "send credentialed requests for it there yourself" in body["message"]
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize(
+    ("user", "trusted"),
+    [
+        ("300%3A0.NA/88.118.8", False),  # 88.118.8.1 is under the identity's own prefix
+        ("300%3A88.118.8/ADMIN", False),  # an ordinary handle's prefix is its own
+        ("300%3A0.na/88.118.8", False),  # compared normalised
+        ("300%3A0.NA/88.119.6", True),  # listed in trusted_servers
+    ],
+)
+async def test_credentials_go_to_the_identitys_own_servers_and_to_trusted_ones(
+    upstream: Upstream, user: str, trusted: bool
+) -> None:
+    header = _basic(user)
+    async with _delegated(upstream, (upstream.url,) if trusted else ()) as client:
+        response = await client.get("/api/handles/88.118.8.1/X?auth=true", headers={"Authorization": header})
+    assert response.status == 404
+    assert upstream.authorizations == [header]
+
+
+async def test_a_read_without_credentials_still_goes_anywhere(upstream: Upstream) -> None:
+    async with _delegated(upstream) as client:
+        response = await client.get("/api/handles/88.118.8.1/X?auth=true")
+    assert response.status == 404 and upstream.authorizations == [None]
+
+
+async def test_unreadable_credentials_go_to_trusted_servers_only(upstream: Upstream) -> None:
+    async with _delegated(upstream) as client:
+        response = await client.get("/api/handles/88.118.8.1/X?auth=true", headers={"Authorization": "Bearer token"})
+        body = await response.json()
+    assert (response.status, body["responseCode"]) == (403, 401)
+    assert "credentials this node cannot read" in body["message"] and upstream.seen == []

@@ -150,7 +150,10 @@ async def test_promote_is_for_the_operator_only_and_idempotent(pair: Pair) -> No
     code, body = await pair.primary.promote(headers=auth("300:88/alice", "alice-secret"))
     assert (code, body["responseCode"]) == (403, 401) and "may not replicate" in body["message"]
     code, body = await pair.primary.promote()  # a primary taking writes: nothing changes
-    assert (code, body) == (200, {"responseCode": 1, "role": "primary", "epoch": 0})
+    assert (code, body) == (
+        200,
+        {"responseCode": 1, "role": "primary", "epoch": 0, "fenced": True, "message": "primary is the primary already"},
+    )
 
 
 async def test_a_msgpack_changes_page_stops_at_its_byte_budget_and_the_mirror_still_catches_up(

@@ -151,11 +151,11 @@ async def test_a_restarted_primary_with_no_peer_answering_refuses_writes_until_p
         assert "restarted as a primary" in message and "each of its peers (mirror, other)" in message
         assert "checking for a promoted mirror" in message
 
-        assert await replication.promote() == 1  # the operator vouches for it
+        assert (await replication.promote()).epoch == 1  # the operator vouches for it
         await replication.authority.admit_write()
         assert (replication.role, replication.role_source, replication.epoch) == ("primary", "promoted", 1)
         assert (await store.get_meta("role"), await store.get_meta("epoch")) == ("primary", "1")
-        assert await replication.promote() == 1, "promoting a primary that takes writes changes nothing"
+        assert (await replication.promote()).epoch == 1, "promoting a primary that takes writes changes nothing"
 
 
 async def test_a_primary_settles_once_every_peer_answers_as_a_mirror_of_its_epoch(
@@ -202,13 +202,13 @@ async def test_two_primaries_at_the_same_epoch_stop_writes_until_an_operator_pro
         message = await refusal(replication)
         assert message.startswith("primary and mirror all claim to be the primary at epoch 0")
         assert message.endswith("no writes until an operator promotes a node (POST /api/replication/promote)")
-        assert await replication.promote() == 1, "the promotion raises the epoch above every peer's"
+        assert (await replication.promote()).epoch == 1, "the promotion raises the epoch above every peer's"
         await replication.authority.admit_write()
 
 
 async def test_a_promoted_mirror_says_how_its_role_differs_from_the_topology(node: Started) -> None:
     async with node("mirror") as replication:
-        assert await replication.promote() == 1
+        assert (await replication.promote()).epoch == 1
         assert replication.role == "primary" and replication.mirror is None
         assert replication.note() == (
             "promoted (epoch 1): primary although the topology says mirror_of primary; the stored role wins"
