@@ -10,9 +10,7 @@ without credentials, as every resolution does; that is not what is checked.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -25,6 +23,7 @@ from resolver.sites import site_value
 from resolver.values import value_to_wire
 from tests.conftest import free_port
 from tests.processes import Running, copy_topology, request, start_up, stop
+from tests.threaded_server import ThreadedServer
 
 pytestmark = pytest.mark.integration
 
@@ -32,41 +31,16 @@ SUB = "88.118.8.1"  # delegated by the automaker to the server it controls
 
 
 @dataclass
-class Recorder:
+class Recorder(ThreadedServer):
     """The automaker-controlled server: every Authorization header it was sent (None: none)."""
 
-    port: int
     authorizations: list[str | None] = field(default_factory=list)
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path == "/healthz":
             return web.json_response({"status": "ok"})
         self.authorizations.append(request.headers.get("Authorization"))
         return web.Response(status=404, body=msgpack.packb({"responseCode": 100}), content_type="application/msgpack")
-
-    def start(self) -> None:
-        ready = threading.Event()
-
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self.handle)
-            self.runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await self.runner.setup()
-            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-            ready.set()
-
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(serve(), self.loop)
-        assert ready.wait(10), "the recording server did not start"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @dataclass

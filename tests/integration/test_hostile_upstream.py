@@ -10,10 +10,8 @@ thread. It answers a resolution's plain GET normally (404/100) and misbehaves as
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +27,7 @@ from resolver.sites import site_value
 from resolver.values import value_to_wire
 from tests.conftest import free_port
 from tests.processes import Running, copy_topology, node_pids, start_up, stop, stored_values
+from tests.threaded_server import ThreadedServer
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +41,10 @@ def not_found() -> web.Response:
 
 
 @dataclass
-class Hostile:
+class Hostile(ThreadedServer):
     """The hostile server: what it was asked, on its own loop in a thread."""
 
-    port: int
     paths: list[str] = field(default_factory=list)
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.paths.append(request.raw_path)
@@ -82,26 +75,6 @@ class Hostile:
         if mode == "REDIRECT":
             return web.Response(status=302, headers={"Location": "https://phishing.example/login"})
         return not_found()
-
-    def start(self) -> None:
-        ready = threading.Event()
-
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self.handle)
-            runner = web.AppRunner(app, shutdown_timeout=0.1)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            self.runner = runner
-            ready.set()
-
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        asyncio.run_coroutine_threadsafe(serve(), self.loop)
-        assert ready.wait(10), "the hostile server did not start"
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
 
 
 @dataclass
