@@ -113,6 +113,8 @@ class Reply:
     body: dict[str, Any]
     challenge: str | None = None
     """The ``WWW-Authenticate`` header of a 401 answer."""
+    retry_after: int | None = None
+    """The ``Retry-After`` seconds of a 429 or 503 answer (digits only, at most a day)."""
 
     @property
     def response_code(self) -> int:
@@ -156,8 +158,9 @@ async def _read_answer(resp: aiohttp.ClientResponse, limit: int) -> Reply:
             raise _BadAnswer(f"the answer exceeded the limit of {limit} bytes")
         chunks.append(chunk)
     challenge = resp.headers.get("WWW-Authenticate") if resp.status == 401 else None
+    retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
     if not size:
-        return Reply(resp.status, {}, challenge)
+        return Reply(resp.status, {}, challenge, retry_after)
     media = _ANSWER_TYPES.get(resp.content_type)
     if media is None:
         kind = FailureKind.SERVER_ERROR if resp.status >= 500 else FailureKind.BAD_ANSWER
@@ -167,10 +170,21 @@ async def _read_answer(resp: aiohttp.ClientResponse, limit: int) -> Reply:
     except (HandleError, ValueError, RecursionError):
         # Not what it claims to be: the status still says whether the server failed; its bytes are
         # not repeated (they would reach the client in the error's message).
-        return Reply(resp.status, {"responseCode": 2, "message": f"the answer is not valid {media}"}, challenge)
+        return Reply(
+            resp.status, {"responseCode": 2, "message": f"the answer is not valid {media}"}, challenge, retry_after
+        )
     if not isinstance(parsed, dict):
-        return Reply(resp.status, {"responseCode": 2, "message": "the answer is not an object"}, challenge)
-    return Reply(resp.status, parsed, challenge)
+        return Reply(resp.status, {"responseCode": 2, "message": "the answer is not an object"}, challenge, retry_after)
+    return Reply(resp.status, parsed, challenge, retry_after)
+
+
+def _retry_after(value: str | None) -> int | None:
+    """``Retry-After`` in seconds (RFC 9110 §10.2.3; the HTTP-date form is not used between nodes),
+    None when absent or not a plain number of at most a day."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 6:
+        return None
+    seconds = int(value)
+    return seconds if seconds <= 86_400 else None
 
 
 class HandleClient:

@@ -141,6 +141,16 @@ def check_credentials_may_go(request: web.Request, route: Handle, urls: list[str
         )
 
 
+def _passed_back(status: int, reply: Reply) -> dict[str, str] | None:
+    """The headers this node's answer carries: its own challenge with a 401, and the owning node's
+    ``Retry-After`` (read as a number, never copied) with a 429 or 503."""
+    if status == 401:
+        return _CHALLENGE
+    if reply.retry_after is not None and status in (429, 503):
+        return {"Retry-After": str(reply.retry_after)}
+    return None
+
+
 async def forward(request: web.Request, route: Handle, body: bytes | None) -> web.Response:
     """Send the client's request, credentials included, to the primary of the node owning ``route``.
     The path sent is the identifier of this request's path (none for a listing, ``/api/handles``)."""
@@ -161,7 +171,7 @@ async def forward(request: web.Request, route: Handle, body: bytes | None) -> we
                 attempts.append(Attempt(server.url, FailureKind.READ_ONLY, "read-only (a mirror)"))
                 continue
             try:
-                return respond(request, status, answer, _CHALLENGE if status == 401 else None)
+                return respond(request, status, answer, _passed_back(status, reply))
             except (TypeError, ValueError, RecursionError, OverflowError) as exc:  # cannot be sent as JSON
                 raise UpstreamError.one(
                     server.url, FailureKind.BAD_ANSWER, "answered a body this node cannot re-encode"

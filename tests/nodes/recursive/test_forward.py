@@ -196,6 +196,24 @@ async def test_an_answer_without_a_handle_body_is_a_502_naming_the_server(
     assert upstream.url in body["message"] and "no responseCode, not a Handle answer" in body["message"]
 
 
+@pytest.mark.parametrize(("sent", "passed"), [("7", "7"), ("Wed, 21 Oct 2026 07:28:00 GMT", None), ("99999999", None)])
+async def test_a_429_keeps_its_retry_after_as_a_number_and_nothing_else(
+    upstream: Upstream, recursive: TestClient[web.Request, web.Application], sent: str, passed: str | None
+) -> None:
+    # A client locked out by the owning node's login limits is told when to come back, through the
+    # recursive node too; the header is read as seconds and written anew, never copied.
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = {"responseCode": 3, "message": "too many failed logins for 300:88.118/USER: try again in 7 s"}
+        return web.json_response(body, status=429, headers={"Retry-After": sent})
+
+    upstream.handler = handler
+    response = await recursive.get("/api/handles/88.118/X?auth=true")
+    body = await response.json()
+    assert (response.status, body["responseCode"]) == (429, 3)
+    assert "too many failed logins" in body["message"]
+    assert response.headers.get("Retry-After") == passed
+
+
 # -- credentials go only where they belong (issue 11, finding 1) ----------------------------------
 
 
