@@ -29,6 +29,7 @@ from nodes.shared.http_api import (
     respond,
 )
 from nodes.shared.metrics import METRICS, NodeMetrics, count_requests, gauge, metrics_handler
+from nodes.shared.openapi import openapi_handler
 from resolver.bodies import answer_body, not_found_body, referral_body, values_not_found_body
 from resolver.client import HandleClient
 from resolver.errors import ProtocolError
@@ -199,9 +200,11 @@ def create_app(config: AuthoritativeConfig) -> web.Application:
     app.router.add_get("/api/handles", list_handles)
     app.router.add_get("/api/handles/", list_handles)
     app.router.add_get("/api/sessions/this", session_this)
-    app.router.add_route("GET", "/api/handles/{handle:.+}", get_handle)
-    app.router.add_route("PUT", "/api/handles/{handle:.+}", put_handle)
-    app.router.add_route("DELETE", "/api/handles/{handle:.+}", delete_handle)
+    app.router.add_get("/api/openapi.json", openapi_handler)
+    # [\s\S], not ".": a line break (%0A) in the path is an invalid handle (400), not an unknown endpoint.
+    app.router.add_route("GET", r"/api/handles/{handle:[\s\S]+}", get_handle)
+    app.router.add_route("PUT", r"/api/handles/{handle:[\s\S]+}", put_handle)
+    app.router.add_route("DELETE", r"/api/handles/{handle:[\s\S]+}", delete_handle)
     setup_batch(app, DEFAULT_WORKERS if config.spec.batch_workers is None else config.spec.batch_workers)
     setup_replication(app)
     return app

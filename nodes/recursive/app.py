@@ -22,6 +22,7 @@ from nodes.recursive.forward import list_handles, write_handle
 from nodes.recursive.hotpath import HotPath, get_handler
 from nodes.shared.http_api import Handler, guarded, respond
 from nodes.shared.metrics import METRICS, NodeMetrics, UpstreamMetrics, counter, gauge, metrics_handler
+from nodes.shared.openapi import openapi_handler
 from resolver.cache import Cache
 from resolver.client import HandleClient, HttpTransport
 from resolver.config import NodeSpec, Topology
@@ -146,12 +147,14 @@ def create_recursive_app(config: RecursiveConfig) -> web.Application:
 
     # The identifier route first: the router tries the resources sharing a path prefix in the order
     # they were added, so a resolution does not test the listing route's path first.
-    app.router.add_route("GET", "/api/handles/{handle:.+}", get_handler(cache, hot, metrics))
-    app.router.add_route("PUT", "/api/handles/{handle:.+}", route(write_handle))
-    app.router.add_route("DELETE", "/api/handles/{handle:.+}", route(write_handle))
+    # [\s\S], not ".": a line break (%0A) in the path is an invalid handle (400), not an unknown endpoint.
+    app.router.add_route("GET", r"/api/handles/{handle:[\s\S]+}", get_handler(cache, hot, metrics))
+    app.router.add_route("PUT", r"/api/handles/{handle:[\s\S]+}", route(write_handle))
+    app.router.add_route("DELETE", r"/api/handles/{handle:[\s\S]+}", route(write_handle))
     app.router.add_get("/api/handles", route(list_handles))
     app.router.add_get("/api/handles/", route(list_handles))
     app.router.add_get("/healthz", route(healthz))
     app.router.add_get("/metrics", route(metrics_handler))
-    app.router.add_route("*", "/{tail:.*}", route(_no_such_route))
+    app.router.add_get("/api/openapi.json", route(openapi_handler))
+    app.router.add_route("*", r"/{tail:[\s\S]*}", route(_no_such_route))
     return app
