@@ -32,7 +32,7 @@ from resolver.trust import same_server
 from resolver.upstream import UpstreamConfig, Upstreams
 from resolver.walk import WALK_UPSTREAM, Transport, drive, walk
 
-__all__ = ["remote_verifier", "same_server"]
+__all__ = ["remote_verifier"]
 
 # Walks after a "not found" to hear the other servers of the step that answered it: a primary and a
 # mirror or two, so a few are enough; the bound keeps a site listing many servers from costing more.
