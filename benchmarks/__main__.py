@@ -136,5 +136,14 @@ def compare(ctx: click.Context) -> None:
     sys.exit(run(ctx.args))
 
 
+@main.command(context_settings=_PASS_THROUGH)
+@click.pass_context
+def tls(ctx: click.Context) -> None:
+    """Hot-cache, new-connection and cold resolution over plain HTTP and over HTTPS, side by side (wrk)."""
+    from benchmarks.tls import main as run
+
+    sys.exit(run(ctx.args))
+
+
 if __name__ == "__main__":
     main()

@@ -8,6 +8,10 @@ default topology the way a user would, moves every node to a free port, and can 
   on a warm process with warm keep-alive connections, without an operator endpoint to flush a cache
   and without restarting a process per sample (which would time Python start-up, not resolution);
 - ``automaker-mirror``: a mirror of the automaker enterprise node, for the enterprise failover scenario.
+
+With ``tls``, every node serves HTTPS with a certificate of a local CA made under the cluster's data
+directory (``nodes.running.local_ca``, what ``idres up --tls`` runs on), and the nodes talk to each
+other over HTTPS; clients trust ``Cluster.topology.tls_ca``.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ import msgpack
 from rich.console import Console
 
 from nodes.running.launcher import NodeProcess, seed_running_nodes, start_nodes, stop_nodes, wait_healthy
+from nodes.running.local_ca import ensure_local_tls
 from nodes.running.operator_secrets import ENV_SECRET
 from nodes.running.topology_file import DEFAULT_TOPOLOGY, load_topology
 from resolver.client import basic_auth
 from resolver.config import Topology
 from resolver.names import prefix_handle
+from resolver.tls import client_connector
 
 __all__ = ["COLD_RECURSIVE", "Cluster", "cluster", "register", "topology_text"]
 
@@ -93,6 +99,7 @@ class Cluster:
     data: Path
     secret: str
     nodes: list[NodeProcess] = field(default_factory=list)
+    tls: bool = False  # every node on HTTPS, its certificates from the local CA under ``data``
 
     def url(self, name: str) -> str:
         return self.topology.node(name).url
@@ -116,18 +123,20 @@ class Cluster:
         node = self.process(name)
         cmd = [sys.executable, "-m", "nodes", "serve", "--node", name, "--topology", str(self.path)]
         cmd += ["--data", str(self.data)]
+        if self.tls:
+            cmd.append("--tls")
         with open(node.log_path, "ab") as log:
             node.process = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
             )
-        asyncio.run(_wait_healthy([node], timeout))
+        asyncio.run(_wait_healthy([node], timeout, self.topology.tls_ca))
 
     def stop(self) -> None:
         stop_nodes(self.nodes)
 
 
-async def _wait_healthy(nodes: list[NodeProcess], timeout: float) -> None:
-    async with aiohttp.ClientSession() as session:
+async def _wait_healthy(nodes: list[NodeProcess], timeout: float, cafile: str | None = None) -> None:
+    async with aiohttp.ClientSession(connector=client_connector(cafile)) as session:
         await wait_healthy(session, nodes, timeout)
 
 
@@ -139,13 +148,17 @@ def cluster(
     data: Path | None = None,
     secret: str | None = None,
     automaker_mirror: bool = False,
+    tls: bool = False,
 ) -> Iterator[Cluster]:
     """Start (and at the end stop) a benchmark topology.
 
     By default: the default topology on free ports plus ``recursive-cold`` (and ``automaker-mirror``
     when asked), seeded with the delegations. With ``running``, ``topology`` names a topology whose
     nodes already run (its operator secret in ``secret``): only ``recursive-cold`` is started beside it.
+    With ``tls``, every node serves HTTPS (a local CA under the data directory); not with ``running``.
     """
+    if tls and running:
+        raise ValueError("tls starts its own nodes with their own CA: it cannot be combined with running")
     secret = secret or os.environ.get(ENV_SECRET) or DEFAULT_SECRET
     with tempfile.TemporaryDirectory(prefix="idres-bench-") as tmp:
         work = Path(tmp)
@@ -153,7 +166,7 @@ def cluster(
         base = (topology or DEFAULT_TOPOLOGY).read_text(encoding="utf-8")
         path = work / "topology.toml"
         path.write_text(topology_text(base, automaker_mirror=automaker_mirror, move_ports=not running))
-        spec = load_topology(path)
+        spec = ensure_local_tls(load_topology(path), data) if tls else load_topology(path)
         previous = os.environ.get(ENV_SECRET)
         os.environ[ENV_SECRET] = secret  # the node processes inherit it: a known operator secret
         try:
@@ -161,10 +174,10 @@ def cluster(
                 only = Topology({COLD_RECURSIVE: spec.node(COLD_RECURSIVE)})
                 nodes = start_nodes(only, path, data)
             else:
-                nodes = start_nodes(spec, path, data)
-            bench = Cluster(spec, path, data, secret, nodes)
+                nodes = start_nodes(spec, path, data, tls=tls)
+            bench = Cluster(spec, path, data, secret, nodes, tls=tls)
             try:
-                asyncio.run(_wait_healthy(nodes, 60.0))
+                asyncio.run(_wait_healthy(nodes, 60.0, spec.tls_ca))
                 if not running and seed_running_nodes(spec, data, Console(quiet=True), demo=True, timeout=30) != 0:
                     raise RuntimeError(f"seeding the benchmark topology failed (logs in {data / 'logs'})")
                 yield bench

@@ -54,10 +54,21 @@ class NodeSpec:
     # A recursive node's [nodes.NAME.cache] and [nodes.NAME.upstream] tables.
     cache: CacheConfig = DEFAULT_CACHE_CONFIG
     upstream: UpstreamConfig = DEFAULT_UPSTREAM_CONFIG
+    # TLS: the node serves HTTPS with this certificate chain and key (PEM files) when both are set.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Accept credentials over plain HTTP from peers that are not this machine (HANDLE.NET refuses them,
+    # and so does a node unless its operator sets allow_plain_credentials), and send a client's
+    # credentials over plain HTTP to the topology's nodes and trusted servers elsewhere.
+    allow_plain_credentials: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def is_mirror(self) -> bool:
@@ -69,6 +80,9 @@ class Topology:
     """All nodes by name, in file order, with the relations derived from their prefixes."""
 
     nodes: Mapping[str, NodeSpec] = field(default_factory=dict)
+    # The CA certificates (a PEM bundle) a node verifies other nodes' HTTPS certificates against: the
+    # topology's [tls] ca. None: the system's trust store.
+    tls_ca: str | None = None
 
     def node(self, name: str) -> NodeSpec:
         try:
@@ -192,6 +206,9 @@ def _node(name: str, raw: Any) -> NodeSpec:
         "batch_workers",
         "cache",
         "upstream",
+        "tls_cert",
+        "tls_key",
+        "allow_plain_credentials",
     }
     unknown = set(raw) - known
     if unknown:
@@ -216,6 +233,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
     batch_workers = raw.get("batch_workers")
     if batch_workers is not None and (type(batch_workers) is not int or not 0 <= batch_workers <= 64):
         raise ConfigError(f"{where}: batch_workers must be a number of processes from 0 to 64, not {batch_workers!r}")
+    tls = _tls(raw, where)
     if role == "recursive":
         if "prefix" in raw or "sync_mirrors" in raw or "batch_workers" in raw:
             raise ConfigError(f"{where}: a recursive node owns no prefix, has no mirrors and takes no batches")
@@ -230,6 +248,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
             description=str(raw.get("description", "")),
             cache=_settings(CacheConfig, raw.get("cache", {}), f"{where} cache"),
             upstream=_settings(UpstreamConfig, raw.get("upstream", {}), f"{where} upstream"),
+            **tls,
         )
     if "cache" in raw or "upstream" in raw or "trusted_servers" in raw:
         raise ConfigError(f"{where}: cache, upstream and trusted_servers settings belong to recursive nodes")
@@ -249,6 +268,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
         description=str(raw.get("description", "")),
         sync_mirrors=sync_mirrors,
         batch_workers=batch_workers,
+        **tls,
     )
 
 
@@ -257,6 +277,9 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
     tables = raw.get("nodes")
     if not isinstance(tables, dict) or not tables:
         raise ConfigError("the topology has no [nodes.NAME] tables")
+    unknown = set(raw) - {"nodes", "tls"}
+    if unknown:
+        raise ConfigError(f"unknown tables {sorted(unknown)} (known: nodes, tls)")
     nodes = {name: _node(name, spec) for name, spec in tables.items()}
     # A mirror serves its primary's prefix and role.
     for name, node in list(nodes.items()):
@@ -275,6 +298,9 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
             mirror_of=primary.name,
             description=node.description,
             batch_workers=node.batch_workers,  # a promoted mirror takes batches too
+            tls_cert=node.tls_cert,
+            tls_key=node.tls_key,
+            allow_plain_credentials=node.allow_plain_credentials,
         )
     seen: dict[tuple[str, int], str] = {}
     owners: dict[str, str] = {}
@@ -294,4 +320,34 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
         for hint in node.root_hints:
             if hint not in nodes:
                 raise ConfigError(f"node {node.name!r}: root hint {hint!r} is not a node of the topology")
-    return Topology(nodes)
+    return Topology(nodes, tls_ca=_tls_ca(raw.get("tls", {})))
+
+
+def _path(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where} must be the path of a PEM file, not {value!r}")
+    return value
+
+
+def _tls(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A node's tls_cert, tls_key and allow_plain_credentials, checked."""
+    cert, key = raw.get("tls_cert"), raw.get("tls_key")
+    if (cert is None) != (key is None):
+        raise ConfigError(f"{where}: tls_cert and tls_key go together (the certificate chain and its private key)")
+    allow = raw.get("allow_plain_credentials", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(f"{where}: allow_plain_credentials must be true or false, not {allow!r}")
+    return {
+        "tls_cert": None if cert is None else _path(cert, f"{where}: tls_cert"),
+        "tls_key": None if key is None else _path(key, f"{where}: tls_key"),
+        "allow_plain_credentials": allow,
+    }
+
+
+def _tls_ca(raw: Any) -> str | None:
+    if not isinstance(raw, dict):
+        raise ConfigError("[tls] must be a table")
+    unknown = set(raw) - {"ca"}
+    if unknown:
+        raise ConfigError(f"[tls]: unknown keys {sorted(unknown)} (known: ca)")
+    return None if "ca" not in raw else _path(raw["ca"], "[tls] ca")

@@ -194,6 +194,13 @@ class AuthenticationNeeded(HandleError):
     http_status = 401
 
 
+class CredentialsNeedTLS(AuthenticationNeeded):
+    """Credentials sent over plain HTTP from another machine: HANDLE.NET ignores them and answers 403
+    where it would ask for authentication; so does a node, unless its operator allows plain HTTP."""
+
+    http_status = 403
+
+
 class AuthenticationFailed(HandleError):
     response_code = 403
     http_status = 401

@@ -48,8 +48,11 @@ def is_site_value(v: HandleValue) -> bool:
     return v.format == "site" and is_site_type(v.type)
 
 
-def site_data(host: str, port: int, *, primary: bool, description: str, serial: int = 1) -> dict[str, object]:
-    """HANDLE.NET's JSON form of an HS_SITE value for one node with one HTTP server."""
+def site_data(
+    host: str, port: int, *, primary: bool, description: str, serial: int = 1, protocol: str = "HTTP"
+) -> dict[str, object]:
+    """HANDLE.NET's JSON form of an HS_SITE value for one node with one server speaking ``protocol``
+    (``HTTP`` or ``HTTPS``, the interface protocols HANDLE.NET names for its REST API)."""
     return {
         "version": 1,
         "protocolVersion": "2.10",
@@ -61,16 +64,24 @@ def site_data(host: str, port: int, *, primary: bool, description: str, serial: 
             {
                 "serverId": 1,
                 "address": host,
-                "interfaces": [{"query": True, "admin": primary, "protocol": "HTTP", "port": port}],
+                "interfaces": [{"query": True, "admin": primary, "protocol": protocol, "port": port}],
             }
         ],
     }
 
 
 def site_value(
-    index: int, host: str, port: int, *, primary: bool, description: str, ttl: int = DEFAULT_TTL
+    index: int,
+    host: str,
+    port: int,
+    *,
+    primary: bool,
+    description: str,
+    ttl: int = DEFAULT_TTL,
+    protocol: str = "HTTP",
 ) -> HandleValue:
-    return HandleValue(index, "HS_SITE", "site", site_data(host, port, primary=primary, description=description), ttl)
+    data = site_data(host, port, primary=primary, description=description, protocol=protocol)
+    return HandleValue(index, "HS_SITE", "site", data, ttl)
 
 
 def _ipv4(host: str) -> str | None:

@@ -19,7 +19,15 @@ from urllib.parse import urlsplit
 from resolver.auth import Identity
 from resolver.names import is_under, parse_handle
 
-__all__ = ["identity_prefix", "is_trusted", "may_receive_credentials", "same_server"]
+__all__ = [
+    "channel_allowed",
+    "identity_prefix",
+    "is_this_machine",
+    "is_trusted",
+    "may_receive_credentials",
+    "private_channel",
+    "same_server",
+]
 
 _THIS_MACHINE = ("localhost", "localhost.")
 
@@ -37,6 +45,31 @@ def _host_port(url: str) -> tuple[str, int] | None:
         return ("", port) if host in _THIS_MACHINE else (host, port)
     # Loopback and the unspecified address (a node listening on 0.0.0.0) are all this machine.
     return ("", port) if address.is_loopback or address.is_unspecified else (str(address), port)
+
+
+def is_this_machine(address: str | None) -> bool:
+    """Whether a peer's address (``request.remote``) is this machine: a loopback address, IPv4-mapped
+    too, or no IP address at all (a Unix socket)."""
+    if not address:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def private_channel(url: str) -> bool:
+    """Whether a request to ``url`` cannot be read on the way: HTTPS, or a server on this machine."""
+    found = _host_port(url)
+    return url.lower().startswith("https://") or (found is not None and found[0] == "")
+
+
+def channel_allowed(url: str, trusted: Iterable[str], *, allow_plain: bool) -> bool:
+    """Whether a client's credentials may travel to ``url`` at all: over a private channel, or over
+    plain HTTP to a server the operator trusts when it allows that (``allow_plain_credentials``)."""
+    return private_channel(url) or (allow_plain and is_trusted(url, trusted))
 
 
 def same_server(url: str, other: str) -> bool:

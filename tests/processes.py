@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -144,22 +145,27 @@ def copy_topology(dest: Path) -> Path:
     return dest
 
 
-def urls_of(topology: Path | None) -> dict[str, str]:
+def urls_of(topology: Path | None, scheme: str = "http") -> dict[str, str]:
     """Each node's base URL, by name, as the topology file (the default one for None) says."""
     raw = tomllib.loads((topology or DEFAULT_TOPOLOGY).read_text())
-    return {name: "http://" + spec["listen"] for name, spec in raw["nodes"].items()}
+    return {name: f"{scheme}://" + spec["listen"] for name, spec in raw["nodes"].items()}
 
 
 # -- plain HTTP ---------------------------------------------------------------------------------------
 
 
 def request(
-    method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    method: str,
+    url: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    context: ssl.SSLContext | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """One request: (status, JSON body), for error statuses too."""
+    """One request: (status, JSON body), for error statuses too; HTTPS verified with ``context``."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10, context=context) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
@@ -232,9 +238,10 @@ class Running:
         return secrets[node]
 
 
-def start_up(data: Path, topology: Path | None = None) -> Running:
-    """``idres up --data DATA [--topology TOPOLOGY]``, returned once it says the nodes are up."""
+def start_up(data: Path, topology: Path | None = None, *, tls: bool = False) -> Running:
+    """``idres up --data DATA [--topology TOPOLOGY] [--tls]``, returned once it says the nodes are up."""
     args = ["up", "--data", str(data)] + (["--topology", str(topology)] if topology is not None else [])
+    args += ["--tls"] if tls else []
     proc = spawn_idres(*args, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     lines = []
@@ -245,7 +252,7 @@ def start_up(data: Path, topology: Path | None = None) -> Running:
             break
         lines.append(line)
         if "Press Ctrl-C" in line:
-            return Running(proc, data, topology, urls_of(topology))
+            return Running(proc, data, topology, urls_of(topology, "https" if tls else "http"))
     proc.kill()
     raise AssertionError("idres up did not come up:\n" + "".join(lines))
 

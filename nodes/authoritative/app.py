@@ -36,6 +36,7 @@ from resolver.errors import ProtocolError
 from resolver.names import parse_handle
 from resolver.records import parse_put_body
 from resolver.storage import SQLiteStorage
+from resolver.tls import client_connector
 
 __all__ = ["AuthoritativeConfig", "create_app"]
 
@@ -49,7 +50,9 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as resources:
         store = await SQLiteStorage.open(config.db_path)
         resources.push_async_callback(store.close)
-        session = await resources.enter_async_context(aiohttp.ClientSession())
+        session = await resources.enter_async_context(
+            aiohttp.ClientSession(connector=client_connector(config.topology.tls_ca))
+        )
         roots = [n.url for n in config.topology.roots()]
         role = await starting_role(store, config.spec)
         authority = Authority(
@@ -57,7 +60,12 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
             store,
             config.limits,
             read_only=role.is_mirror,
-            remote_verifier=remote_verifier(HandleClient(session), roots),
+            remote_verifier=remote_verifier(
+                HandleClient(session),
+                roots,
+                trusted=[n.url for n in config.topology.nodes.values()],
+                allow_plain=config.spec.allow_plain_credentials,
+            ),
             proxies=frozenset(n.host for n in config.topology.nodes.values() if n.role == "recursive"),
         )
         await authority.start()
@@ -72,7 +80,7 @@ async def get_handle(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY]
     text = handle_from_path(request)
     handle = parse_handle(text)
-    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
+    identity = await authority.identify(request)
     if identity is not None and query_bool(request, "publicOnly"):
         identity = None
     result = await authority.resolve(
@@ -98,7 +106,7 @@ async def put_handle(request: web.Request) -> web.Response:
     text = handle_from_path(request)
     mint = query_bool(request, "mintNewSuffix")
     handle = parse_handle(text + "X" if mint else text)  # validate the prefix part of a mint request
-    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
+    identity = await authority.identify(request)
     overwrite = query_bool(request, "overwrite", default=True)
     body = await read_body(request, limits.max_body_bytes)
     values = parse_put_body(body, handle_text=text, now=int(time.time()), limits=limits)
@@ -122,7 +130,7 @@ async def delete_handle(request: web.Request) -> web.Response:
     authority = request.app[AUTHORITY]
     text = handle_from_path(request)
     handle = parse_handle(text)
-    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
+    identity = await authority.identify(request)
     indexes = query_ints(request, "index") or None
     await authority.delete(handle, indexes=indexes, identity=identity)
     return respond(request, 200, {"responseCode": 1, "handle": text})
@@ -133,7 +141,7 @@ async def list_handles(request: web.Request) -> web.Response:
     prefix_text = request.query.get("prefix")
     if not prefix_text:
         raise ProtocolError("listing needs ?prefix=PREFIX")
-    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
+    identity = await authority.identify(request)
     page, page_size = query_int(request, "page"), query_int(request, "pageSize")
     _, total, keys = await authority.list_handles(prefix_text, page=page, page_size=page_size, identity=identity)
     body: dict[str, object] = {"responseCode": 1, "prefix": prefix_text, "totalCount": str(total), "handles": keys}
@@ -146,7 +154,7 @@ async def list_handles(request: web.Request) -> web.Response:
 
 async def session_this(request: web.Request) -> web.Response:
     """HANDLE.NET's ``GET /api/sessions/this``: who the Basic credentials prove the client to be."""
-    identity = await request.app[AUTHORITY].authenticate(request.headers.get("Authorization"), client=request.remote)
+    identity = await request.app[AUTHORITY].identify(request)
     body: dict[str, object] = {"sessionId": None, "authenticated": identity is not None}
     if identity is not None:
         body["id"] = str(identity)

@@ -23,6 +23,7 @@ from aiohttp import web
 from nodes.authoritative.login_limits import LoginLimits
 from nodes.authoritative.write_ops import Kind, WriteOp, delete_kind, put_kind
 from nodes.authoritative.writes import Decided, WriteDecider, needs_credentials, refuse_write
+from nodes.shared.http_api import credentials
 from resolver.auth import Identity, Perm, admin_grants, hash_secret_values, parse_basic, verify_secret
 from resolver.config import Limits, NodeSpec
 from resolver.errors import (
@@ -142,6 +143,12 @@ class Authority:
         self.zone.load({key.partition("/")[2]: rec.values for key, rec in records.items()}, self.spec.hosts)
 
     # -- authentication and authorisation -------------------------------------------------------
+
+    async def identify(self, request: web.Request) -> Identity | None:
+        """The identity ``request``'s credentials prove (``authenticate``), None without any; credentials
+        over plain HTTP from another machine are refused first (``http_api.credentials``)."""
+        header = credentials(request, self.spec.allow_plain_credentials)
+        return await self.authenticate(header, client=request.remote)
 
     async def authenticate(self, header: str | None, *, client: str | None = None) -> Identity | None:
         """The identity proven by an ``Authorization`` header, None without one; 401 when it is wrong,

@@ -28,7 +28,7 @@ from resolver.errors import AuthenticationFailed, UpstreamError
 from resolver.names import parse_handle
 from resolver.resolution import Answer, NotFound, Resolution, prefix_unregistered
 from resolver.sites import SiteServer, site_servers
-from resolver.trust import same_server
+from resolver.trust import channel_allowed, same_server
 from resolver.upstream import UpstreamConfig, Upstreams
 from resolver.walk import WALK_UPSTREAM, Transport, drive, walk
 
@@ -70,9 +70,13 @@ def remote_verifier(
     client: HandleClient,
     roots: Sequence[str],
     config: UpstreamConfig = WALK_UPSTREAM,
+    *,
+    trusted: Sequence[str] = (),
+    allow_plain: bool = False,
 ) -> RemoteVerifier:
     """Check credentials of identities held elsewhere, finding their home node from ``roots`` (URLs
-    of the top-level nodes, in the order to ask them)."""
+    of the top-level nodes, in the order to ask them). The client's header travels only over HTTPS
+    or to this machine, or over plain HTTP to the ``trusted`` servers when ``allow_plain``."""
     transport = HttpTransport(client)
     hints = [SiteServer(url, True) for url in roots]
     upstreams = Upstreams(config)  # health learnt across logins: a node that is down is asked last
@@ -100,6 +104,11 @@ def remote_verifier(
             raise AuthenticationFailed(
                 f"{identity} cannot be authenticated: the tree names this node ({target}) as its home, "
                 "but this node holds no HS_SECKEY value for it"
+            )
+        if not channel_allowed(target, trusted, allow_plain=allow_plain):
+            raise AuthenticationFailed(
+                f"{identity} cannot be verified here: its home node {target} is reached over plain HTTP, "
+                "and this node sends credentials only over HTTPS or to this machine"
             )
         try:
             reply = await client.request("GET", target, "/api/sessions/this", authorization=authorization)

@@ -22,7 +22,14 @@ def own_prefix_values(topology: Topology, spec: NodeSpec, hashed_secret: str) ->
     assert spec.prefix is not None
     me = prefix_handle(spec.prefix)
     sites = tuple(
-        site_value(i, site.host, site.port, primary=not site.is_mirror, description=site.description or site.name)
+        site_value(
+            i,
+            site.host,
+            site.port,
+            primary=not site.is_mirror,
+            description=site.description or site.name,
+            protocol=site.scheme.upper(),  # HTTPS when the node serves TLS
+        )
         for i, site in enumerate(topology.sites_of(spec.mirror_of or spec.name), start=1)
     )
     return (

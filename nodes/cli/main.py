@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from resolver.config import Topology
 from resolver.errors import ConfigError, HandleError
 
 __all__ = ["main"]
@@ -32,6 +33,33 @@ data_option = click.option(
     show_default=True,
     help="Directory for the nodes' SQLite files, logs and operator secrets.",
 )
+tls_option = click.option(
+    "--tls",
+    is_flag=True,
+    help="Serve HTTPS: a local CA and a certificate per node under DATA/tls, made on first use "
+    "(clients trust DATA/tls/ca.pem). Certificates of your own go in the topology instead.",
+)
+
+
+def _topology(topology_path: Path | None, data_dir: Path, tls: bool) -> Topology:
+    """The topology file's nodes, on the local CA's HTTPS with ``--tls``; a ClickException if it is wrong."""
+    from nodes.running.local_ca import ensure_local_tls
+    from nodes.running.topology_file import load_topology
+
+    try:
+        topology = load_topology(topology_path)
+        return ensure_local_tls(topology, data_dir) if tls else topology
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+cacert_option = click.option(
+    "--cacert",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="CA certificates (PEM) to verify HTTPS servers against, e.g. DATA/tls/ca.pem of `idres up --tls`. "
+    "Default: the system's.",
+)
 
 
 @click.group()
@@ -43,30 +71,28 @@ def main() -> None:
 @main.command()
 @topology_option
 @data_option
-def up(topology_path: Path | None, data_dir: Path) -> None:
+@tls_option
+def up(topology_path: Path | None, data_dir: Path, tls: bool) -> None:
     """Start every node of the topology, register delegations and demo data; Ctrl-C stops them all."""
     from nodes.running.launcher import up as run_up
-    from nodes.running.topology_file import load_topology
 
-    console = Console()
-    try:
-        topology = load_topology(topology_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    sys.exit(run_up(topology, topology_path.resolve() if topology_path else None, data_dir, console))
+    topology = _topology(topology_path, data_dir, tls)
+    path = topology_path.resolve() if topology_path else None
+    sys.exit(run_up(topology, path, data_dir, Console(), tls=tls))
 
 
 @main.command()
 @click.option("--node", "name", required=True, help="Name of the node in the topology.")
 @topology_option
 @data_option
-def serve(name: str, topology_path: Path | None, data_dir: Path) -> None:
+@tls_option
+def serve(name: str, topology_path: Path | None, data_dir: Path, tls: bool) -> None:
     """Run one node of the topology in the foreground."""
     from nodes.running.serve import serve_node
-    from nodes.running.topology_file import load_topology
 
+    topology = _topology(topology_path, data_dir, tls)
     try:
-        serve_node(load_topology(topology_path), name, data_dir)
+        serve_node(topology, name, data_dir)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -92,16 +118,13 @@ def check(topology_path: Path | None, data_dir: Path, names: tuple[str, ...]) ->
 @data_option
 @click.option("--demo/--no-demo", default=True, show_default=True, help="Also register the demo identifiers.")
 @click.option("--wait", "wait_seconds", default=60.0, show_default=True, help="Seconds to wait for the nodes.")
-def seed(topology_path: Path | None, data_dir: Path, demo: bool, wait_seconds: float) -> None:
+@tls_option
+def seed(topology_path: Path | None, data_dir: Path, demo: bool, wait_seconds: float, tls: bool) -> None:
     """Register the topology's delegations and hosted prefixes on nodes that are already running
     (started with `idres serve` or docker compose), with the operators' credentials; idempotent."""
     from nodes.running.launcher import seed_running_nodes
-    from nodes.running.topology_file import load_topology
 
-    try:
-        topology = load_topology(topology_path)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    topology = _topology(topology_path, data_dir, tls)
     sys.exit(seed_running_nodes(topology, data_dir, Console(), demo=demo, timeout=wait_seconds))
 
 
@@ -119,14 +142,17 @@ def topology() -> None:
 @click.option("--type", "types", multiple=True, help="Only values of this type (repeatable).")
 @click.option("--index", "indexes", multiple=True, type=int, help="Only the value at this index (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer body (JSON) instead of tables.")
-def resolve(handle: str, server: str, types: tuple[str, ...], indexes: tuple[int, ...], as_json: bool) -> None:
+@cacert_option
+def resolve(
+    handle: str, server: str, types: tuple[str, ...], indexes: tuple[int, ...], as_json: bool, cacert: str | None
+) -> None:
     """Resolve HANDLE, following referrals from SERVER down to the node that holds it; every hop is shown.
     Exit status 1 when HANDLE does not exist, no value matches, or it cannot be resolved."""
     from nodes.cli.resolve_view import print_walk, walk_from
 
     try:
         # A recursive node, asked for its trace, says which nodes it asked on our behalf.
-        walked = asyncio.run(walk_from(server, handle, types=types, indexes=indexes, trace=not as_json))
+        walked = asyncio.run(walk_from(server, handle, types=types, indexes=indexes, trace=not as_json, cafile=cacert))
     except HandleError as exc:
         raise click.ClickException(exc.message) from exc
     if not as_json:
@@ -159,6 +185,7 @@ def resolve(handle: str, server: str, types: tuple[str, ...], indexes: tuple[int
 )
 @click.option("--resume", is_flag=True, help="Go on from FILE.idres-checkpoint, left by an interrupted run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@cacert_option
 def register(
     file: Path,
     server: str,
@@ -172,6 +199,7 @@ def register(
     report: Path | None,
     resume: bool,
     quiet: bool,
+    cacert: str | None,
 ) -> None:
     """Register the identifiers in FILE (CSV or JSON Lines) on SERVER, in concurrent batches.
 
@@ -208,5 +236,6 @@ def register(
         policy=RetryPolicy(retries=retries, timeout=timeout),
         report=report,
         resume=resume,
+        cafile=cacert,
     )
     sys.exit(run(options, console, show_progress=show_progress_for(console, quiet)))

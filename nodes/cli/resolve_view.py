@@ -18,6 +18,7 @@ from resolver.names import parse_handle
 from resolver.records import filter_values
 from resolver.resolution import Answer, Hop, Resolution, prefix_unregistered
 from resolver.sites import SiteServer
+from resolver.tls import client_connector
 from resolver.upstream import Upstreams
 from resolver.walk import WALK_UPSTREAM, walk
 
@@ -58,12 +59,19 @@ class _KeepLastReply:
 
 
 async def walk_from(
-    server: str, text: str, *, types: Sequence[str] = (), indexes: Sequence[int] = (), trace: bool = False
+    server: str,
+    text: str,
+    *,
+    types: Sequence[str] = (),
+    indexes: Sequence[int] = (),
+    trace: bool = False,
+    cafile: str | None = None,
 ) -> Walked:
-    """Walk to ``text`` with ``server`` as the only root; ``trace`` asks a recursive node for its hops.
-    InvalidHandle when ``text`` is not a handle."""
+    """Walk to ``text`` with ``server`` as the only root; ``trace`` asks a recursive node for its hops;
+    HTTPS servers are verified against ``cafile`` (default: the system's CAs). InvalidHandle when
+    ``text`` is not a handle."""
     handle = parse_handle(text)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=client_connector(cafile)) as session:
         transport = _KeepLastReply(HttpTransport(HandleClient(session), params=[("trace", "true")] if trace else []))
         resolution = await walk(handle, [SiteServer(server, True)], transport, Upstreams(WALK_UPSTREAM))
     result, failed = resolution.result, resolution.failed

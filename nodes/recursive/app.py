@@ -28,6 +28,7 @@ from resolver.client import HandleClient, HttpTransport
 from resolver.config import NodeSpec, Topology
 from resolver.driver import RecursiveResolver
 from resolver.sites import SiteServer
+from resolver.tls import client_connector
 from resolver.upstream import Upstreams
 
 __all__ = ["RecursiveConfig", "create_recursive_app", "root_servers"]
@@ -89,7 +90,9 @@ def _resolver_ctx(cache: Cache, upstream: UpstreamMetrics) -> Callable[[web.Appl
     async def resolver_ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[RECURSIVE_CONFIG]
         # Keep-alive connections to every upstream; the per-try timeouts come from the resolution.
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256, limit_per_host=64))
+        session = aiohttp.ClientSession(
+            connector=client_connector(config.topology.tls_ca, limit=256, limit_per_host=64)
+        )
         client = HandleClient(session)
 
         roots = root_servers(config.topology, config.spec)

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from nodes.recursive.config import CLIENT, RECURSIVE, RECURSIVE_CONFIG
-from nodes.shared.http_api import handle_from_path, query_bool, query_int, query_ints, read_bytes, respond
+from nodes.shared.http_api import credentials, handle_from_path, query_bool, query_int, query_ints, read_bytes, respond
 from resolver.auth import Identity, parse_basic
 from resolver.client import Reply
 from resolver.errors import (
@@ -36,7 +36,7 @@ from resolver.errors import (
     UpstreamError,
 )
 from resolver.names import Handle, parse_handle, parse_prefix
-from resolver.trust import may_receive_credentials
+from resolver.trust import channel_allowed, may_receive_credentials
 
 __all__ = [
     "HTTP_STATUSES",
@@ -120,16 +120,25 @@ def _identity(authorization: str) -> Identity | None:
         return None
 
 
-def check_credentials_may_go(request: web.Request, route: Handle, urls: list[str]) -> None:
+def check_credentials_may_go(request: web.Request, authorization: str | None, route: Handle, urls: list[str]) -> None:
     """PermissionDenied, naming the server, unless each of ``urls`` (the servers the tree names for
-    ``route``'s prefix) may be sent the client's ``Authorization`` header; nothing to check without one."""
-    authorization = request.headers.get("Authorization")
+    ``route``'s prefix) may be sent the client's ``authorization`` header; nothing to check without
+    one. Credentials go on only over HTTPS or to this machine, unless the operator allows plain HTTP
+    to the servers it trusts."""
     if authorization is None:
         return
     config = request.app[RECURSIVE_CONFIG]
+    allow_plain = config.spec.allow_plain_credentials
     trusted = [*(n.url for n in config.topology.nodes.values()), *config.spec.trusted_servers]
     identity = _identity(authorization)
     for url in urls:
+        if not channel_allowed(url, trusted, allow_plain=allow_plain):
+            raise PermissionDenied(
+                f"{route.zone} is served by {url} over plain HTTP: this node sends credentials only over "
+                "HTTPS or to this machine, so it does not pass yours on; send credentialed requests for it "
+                "there yourself",
+                handle=route.text,
+            )
         if may_receive_credentials(identity, route.zone, url, trusted):
             continue
         whose = f"{identity}'s prefix" if identity is not None else "the prefix of credentials this node cannot read"
@@ -154,6 +163,8 @@ def _passed_back(status: int, reply: Reply) -> dict[str, str] | None:
 async def forward(request: web.Request, route: Handle, body: bytes | None) -> web.Response:
     """Send the client's request, credentials included, to the primary of the node owning ``route``.
     The path sent is the identifier of this request's path (none for a listing, ``/api/handles``)."""
+    # Credentials over plain HTTP from another machine are refused before anyone is asked.
+    authorization = credentials(request, request.app[RECURSIVE_CONFIG].spec.allow_plain_credentials)
     target = handle_from_path(request) or None
     params = upstream_params(request)
     located = await request.app[RECURSIVE].locate(route)
@@ -161,7 +172,7 @@ async def forward(request: web.Request, route: Handle, body: bytes | None) -> we
     # The primary first; a site that answers "read-only" (a demoted old primary, after a promotion
     # that the delegation's HS_SITE values do not show yet) passes the write on to the next site.
     servers = (*located.primary_servers, *(s for s in located.step_servers if not s.primary))
-    check_credentials_may_go(request, route, [s.url for s in servers])
+    check_credentials_may_go(request, authorization, route, [s.url for s in servers])
     attempts: list[Attempt] = []
     for server in servers:
         try:

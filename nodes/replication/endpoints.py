@@ -76,7 +76,7 @@ SNAPSHOT_CHUNK = 500  # records per get_many
 
 async def _operator(request: web.Request) -> Authority:
     authority = request.app[AUTHORITY]
-    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
+    identity = await authority.identify(request)
     if identity is None:
         raise AuthenticationNeeded(f"replication needs the operator's credentials ({authority.operator})")
     operator = authority.operator

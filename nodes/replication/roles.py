@@ -92,6 +92,7 @@ from resolver.config import NodeSpec
 from resolver.errors import NotReplicated, ProtocolError, ReplicationError, ServerBusy, UpstreamError
 from resolver.names import prefix_handle
 from resolver.storage import Storage
+from resolver.tls import client_connector
 
 __all__ = [
     "REPLICATION",
@@ -164,7 +165,7 @@ async def replicating(
 
     Entered once the authority is built (and, on a primary, its own prefix handle written): only
     then does a mirror start copying or a primary answer its peers."""
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=client_connector(config.topology.tls_ca)) as session:
         replication = Replication(authority, config, start, session)
         try:
             await replication.start()

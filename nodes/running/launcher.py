@@ -23,6 +23,7 @@ from resolver.client import HandleClient
 from resolver.config import NodeSpec, Topology
 from resolver.errors import ConfigError, HandleError
 from resolver.names import prefix_handle
+from resolver.tls import client_connector
 
 __all__ = ["NodeProcess", "seed_running_nodes", "start_nodes", "stop_nodes", "up"]
 
@@ -54,16 +55,25 @@ def ports_in_use(topology: Topology) -> list[NodeSpec]:
     return busy
 
 
-def start_nodes(topology: Topology, topology_path: Path | None, data_dir: Path) -> list[NodeProcess]:
-    """Start one ``idres serve`` process per node; each writes its log to ``DATA/logs/NAME.log``."""
+def _serve_args(name: str, topology_path: Path | None, data_dir: Path, tls: bool) -> list[str]:
+    """The arguments of ``idres serve`` that run node ``name`` as ``idres up`` does."""
+    args = ["serve", "--node", name, "--data", str(data_dir)]
+    if topology_path is not None:
+        args += ["--topology", str(topology_path)]
+    return [*args, "--tls"] if tls else args
+
+
+def start_nodes(
+    topology: Topology, topology_path: Path | None, data_dir: Path, *, tls: bool = False
+) -> list[NodeProcess]:
+    """Start one ``idres serve`` process per node (``--tls``: on the local CA's HTTPS, see
+    ``nodes.running.local_ca``); each writes its log to ``DATA/logs/NAME.log``."""
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = []
     env = {**os.environ, LAUNCHER_PID_ENV: str(os.getpid())}
     for spec in topology.nodes.values():
-        cmd = [sys.executable, "-m", "nodes", "serve", "--node", spec.name, "--data", str(data_dir)]
-        if topology_path is not None:
-            cmd += ["--topology", str(topology_path)]
+        cmd = [sys.executable, "-m", "nodes", *_serve_args(spec.name, topology_path, data_dir, tls)]
         log_path = logs / f"{spec.name}.log"
         with open(log_path, "ab") as log:
             # Own process group: a Ctrl-C reaches the launcher, which stops every node in order.
@@ -118,7 +128,7 @@ def seed_running_nodes(topology: Topology, data_dir: Path, console: Console, *, 
     secrets = operator_secrets(data_dir.resolve(), [n.name for n in topology.primaries()])
 
     async def run() -> list[Seeded]:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(connector=client_connector(topology.tls_ca)) as session:
             await wait_reachable(session, topology.primaries(), timeout)
             return await register_topology(HandleClient(session), topology, secrets, demo=demo)
 
@@ -158,7 +168,7 @@ async def wait_healthy(
 
 
 async def _bring_up(topology: Topology, nodes: list[NodeProcess], secrets: dict[str, str]) -> list[Seeded]:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=client_connector(topology.tls_ca)) as session:
         await wait_healthy(session, nodes)
         return await register_topology(HandleClient(session), topology, secrets)
 
@@ -189,20 +199,25 @@ def _print_summary(
     console.print(f"Registered: {len(seeded)} delegations, hosted prefixes and demo identifiers.")
     root = topology.roots()[0].url if topology.roots() else "http://127.0.0.1:8100"
     recursive = next((n for n in topology.nodes.values() if n.role == "recursive"), None)
+    cacert = f" --cacert {topology.tls_ca}" if topology.tls_ca else ""
+    if topology.tls_ca:
+        console.print(f"HTTPS: certificates from the local CA {topology.tls_ca}; clients verify against it.")
     console.print("\nTry:")
     if recursive is not None:
-        console.print(f"  idres resolve {DEMO_CAR} --server {recursive.url}")
-        console.print(f"  curl -s '{recursive.url}/api/handles/{DEMO_CAR}?trace=true'")
-    console.print(f"  idres resolve {DEMO_CAR} --server {root}")
-    console.print(f"  curl -s {root}/api/handles/0.NA/88.118")
+        console.print(f"  idres resolve {DEMO_CAR} --server {recursive.url}{cacert}")
+        console.print(f"  curl -s{cacert} '{recursive.url}/api/handles/{DEMO_CAR}?trace=true'")
+    console.print(f"  idres resolve {DEMO_CAR} --server {root}{cacert}")
+    console.print(f"  curl -s{cacert} {root}/api/handles/0.NA/88.118")
     automaker = next((n for n in topology.primaries() if n.prefix == "88.118.8"), None)
     if automaker is not None:
-        console.print(f"  curl -s {automaker.url}/api/handles/{DEMO_CAR}")
+        console.print(f"  curl -s{cacert} {automaker.url}/api/handles/{DEMO_CAR}")
     console.print("\nPress Ctrl-C to stop every node.")
 
 
-def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: Console) -> int:
-    """Run the topology until Ctrl-C or SIGTERM; every node is stopped before this returns."""
+def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: Console, *, tls: bool = False) -> int:
+    """Run the topology until Ctrl-C or SIGTERM (``tls``: its nodes started with ``--tls``, so
+    ``topology`` is the one ``local_ca.ensure_local_tls`` returned); every node is stopped before
+    this returns."""
     data_dir = data_dir.resolve()
     primaries = [n.name for n in topology.primaries()]
     secrets = operator_secrets(data_dir, primaries)
@@ -226,7 +241,7 @@ def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: 
                 + ". Is another `idres up` running? Stop it, or give the nodes other ports with --topology."
             )
             return 1
-        nodes = start_nodes(topology, topology_path, data_dir)
+        nodes = start_nodes(topology, topology_path, data_dir, tls=tls)
         try:
             seeded = asyncio.run(_bring_up(topology, nodes, secrets))
         except (ConfigError, HandleError) as exc:
@@ -240,9 +255,7 @@ def up(topology: Topology, topology_path: Path | None, data_dir: Path, console: 
             for node in nodes:
                 if node.process.poll() is not None and node.spec.name not in reported:
                     reported.add(node.spec.name)
-                    restart = f"idres serve --node {node.spec.name} --data {data_dir}"
-                    if topology_path is not None:
-                        restart += f" --topology {topology_path}"
+                    restart = " ".join(["idres", *_serve_args(node.spec.name, topology_path, data_dir, tls)])
                     console.print(
                         f"[red]node {node.spec.name} exited with status {node.process.returncode}[/red]; "
                         f"the other nodes keep running. Its log ends with:\n{_tail(node.log_path)}\n"

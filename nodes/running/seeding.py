@@ -55,7 +55,13 @@ def delegation_values(topology: Topology, child: NodeSpec, parent: NodeSpec) -> 
             "type": "HS_SITE",
             "data": {
                 "format": "site",
-                "value": site_data(s.host, s.port, primary=not s.is_mirror, description=s.description or s.name),
+                "value": site_data(
+                    s.host,
+                    s.port,
+                    primary=not s.is_mirror,
+                    description=s.description or s.name,
+                    protocol=s.scheme.upper(),
+                ),
             },
         }
         for i, s in enumerate(topology.sites_of(child.name), start=1)

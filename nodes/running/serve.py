@@ -18,6 +18,7 @@ from nodes.running.operator_secrets import operator_secrets
 from nodes.shared.loop import new_event_loop
 from resolver.config import Topology
 from resolver.errors import ConfigError, HandleError
+from resolver.tls import server_context
 
 __all__ = ["LAUNCHER_PID_ENV", "db_path", "serve_node"]
 
@@ -50,6 +51,7 @@ def _stop_when_orphaned(launcher_pid: int) -> Callable[[web.Application], AsyncI
 def serve_node(topology: Topology, name: str, data_dir: Path) -> None:
     """Serve node ``name`` until SIGINT or SIGTERM, then close its database cleanly."""
     spec = topology.node(name)
+    ssl_context = server_context(spec)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(levelname)s %(message)s")
     if spec.role == "recursive":
         app = create_recursive_app(RecursiveConfig(spec, topology, cache=spec.cache, upstream=spec.upstream))
@@ -63,7 +65,16 @@ def serve_node(topology: Topology, name: str, data_dir: Path) -> None:
     asyncio.set_event_loop(loop)
     # No access log: it halves aiohttp's throughput (aiohttp issue #2779) and the node logs errors.
     try:
-        web.run_app(app, host=spec.host, port=spec.port, access_log=None, print=None, loop=loop, shutdown_timeout=5.0)
+        web.run_app(
+            app,
+            host=spec.host,
+            port=spec.port,
+            ssl_context=ssl_context,
+            access_log=None,
+            print=None,
+            loop=loop,
+            shutdown_timeout=5.0,
+        )
     except OSError as exc:
         raise ConfigError(f"node {name} cannot listen on {spec.host}:{spec.port}: {exc.strerror or exc}") from exc
     except HandleError as exc:

@@ -11,13 +11,22 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from resolver.codec import JSON, MSGPACK, body_media_type, choose_media_type, decode, encode
-from resolver.errors import BodyTooLarge, HandleError, InvalidHandle, MethodNotAllowed, ProtocolError
+from resolver.errors import (
+    BodyTooLarge,
+    CredentialsNeedTLS,
+    HandleError,
+    InvalidHandle,
+    MethodNotAllowed,
+    ProtocolError,
+)
+from resolver.trust import is_this_machine
 from resolver.values import describe
 
 __all__ = [
     "HANDLES_PATH",
     "MAX_QUERY_INT",
     "Handler",
+    "credentials",
     "error_middleware",
     "error_response",
     "guarded",
@@ -95,6 +104,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if response is None:
             raise
         return response
+
+
+def credentials(request: web.Request, allow_plain: bool) -> str | None:
+    """The request's ``Authorization`` header, None without one. Over plain HTTP from another machine
+    it is refused (403, responseCode 402, as HANDLE.NET does), unless the operator set
+    ``allow_plain_credentials``: a secret sent that way has been readable on the network."""
+    header = request.headers.get("Authorization")
+    if header is None or allow_plain or request.secure or is_this_machine(request.remote):
+        return header
+    raise CredentialsNeedTLS(
+        "credentials are accepted only over HTTPS (or from this machine): this request came over plain "
+        f"HTTP from {request.remote}; send it to this node's https:// address (and change the secret if "
+        "it has crossed a network in the clear)"
+    )
 
 
 def guarded(handler: Handler, count: Callable[[str, int], None]) -> Handler:

@@ -29,6 +29,7 @@ import aiohttp
 
 from resolver.bulk.reader import MAX_OPERATIONS, Batch, BatchReader, InputError, format_for
 from resolver.bulk.sender import VERIFY_CONCURRENCY, BatchSender, FatalError, Outcome, RetryPolicy
+from resolver.tls import client_connector
 
 __all__ = [
     "Checkpoint",
@@ -66,6 +67,7 @@ class RegisterOptions:
     policy: RetryPolicy = DEFAULT_POLICY
     report: Path | None = None  # default: FILE.rejected.jsonl
     resume: bool = False
+    cafile: str | None = None  # CA certificates to verify an HTTPS server against (default: the system's)
 
     @property
     def report_path(self) -> Path:
@@ -232,7 +234,7 @@ async def _send_all(
     progress: Callable[[int], None],
     note: Callable[[str], None],
 ) -> None:
-    connector = aiohttp.TCPConnector(limit=options.concurrency + VERIFY_CONCURRENCY)
+    connector = client_connector(options.cafile, limit=options.concurrency + VERIFY_CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
         sender = BatchSender(
             session,

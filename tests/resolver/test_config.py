@@ -336,3 +336,56 @@ def test_trusted_servers_of_the_recursive_node() -> None:
 def test_bad_trusted_servers_are_named(spec: dict[str, Any], words: str) -> None:
     message = config_error(with_node("r", spec))
     assert "node 'r'" in message and words in message
+
+
+# -- TLS (issue 11, finding 12) ------------------------------------------------------------------------
+
+
+def _one(node: dict[str, Any], **top: Any) -> Topology:
+    return parse_topology(
+        {"nodes": {"n": {"role": "enterprise", "prefix": "88.1", "listen": "127.0.0.1:1", **node}}, **top}
+    )
+
+
+def test_a_node_with_a_certificate_and_key_serves_https_and_says_so_in_its_url() -> None:
+    topology = _one({"tls_cert": "n.pem", "tls_key": "n-key.pem"}, tls={"ca": "ca.pem"})
+    node = topology.node("n")
+    assert (node.scheme, node.url, node.tls_cert, node.tls_key) == (
+        "https",
+        "https://127.0.0.1:1",
+        "n.pem",
+        "n-key.pem",
+    )
+    assert topology.tls_ca == "ca.pem" and not node.allow_plain_credentials
+    plain = _one({})
+    assert (plain.node("n").url, plain.tls_ca) == ("http://127.0.0.1:1", None)
+
+
+def test_a_mirror_keeps_its_own_certificate() -> None:
+    topology = parse_topology(
+        {
+            "nodes": {
+                "p": {"role": "top", "prefix": "88", "listen": "127.0.0.1:1", "tls_cert": "p.pem", "tls_key": "p.key"},
+                "m": {"mirror_of": "p", "listen": "127.0.0.1:2", "tls_cert": "m.pem", "tls_key": "m.key"},
+            }
+        }
+    )
+    assert (topology.node("m").tls_cert, topology.node("m").url) == ("m.pem", "https://127.0.0.1:2")
+
+
+@pytest.mark.parametrize(
+    ("node", "top", "words"),
+    [
+        ({"tls_cert": "n.pem"}, {}, "tls_cert and tls_key go together"),
+        ({"tls_key": "n.pem"}, {}, "tls_cert and tls_key go together"),
+        ({"tls_cert": 1, "tls_key": "k"}, {}, "tls_cert must be the path of a PEM file, not 1"),
+        ({"allow_plain_credentials": "yes"}, {}, "allow_plain_credentials must be true or false, not 'yes'"),
+        ({}, {"tls": {"ca": ""}}, "[tls] ca must be the path of a PEM file"),
+        ({}, {"tls": {"cafile": "x"}}, "[tls]: unknown keys ['cafile'] (known: ca)"),
+        ({}, {"certificates": {}}, "unknown tables ['certificates'] (known: nodes, tls)"),
+    ],
+)
+def test_tls_settings_that_are_wrong_are_named(node: dict[str, Any], top: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _one(node, **top)
+    assert words in str(caught.value)

@@ -7,7 +7,15 @@ import pytest
 
 from resolver.auth import Identity
 from resolver.names import parse_identity
-from resolver.trust import identity_prefix, is_trusted, may_receive_credentials, same_server
+from resolver.trust import (
+    channel_allowed,
+    identity_prefix,
+    is_this_machine,
+    is_trusted,
+    may_receive_credentials,
+    private_channel,
+    same_server,
+)
 
 TOPOLOGY = ("http://127.0.0.1:8100", "http://127.0.0.1:8300")
 HOSTILE = "http://127.0.0.1:9999"
@@ -58,3 +66,46 @@ def test_same_server_compares_host_and_port() -> None:
     assert not same_server("http://10.0.0.5:8300", "http://127.0.0.1:8300")
     assert not same_server("http://h:notaport", "http://h:notaport")
     assert is_trusted("http://127.0.0.1:8100", TOPOLOGY) and not is_trusted(HOSTILE, TOPOLOGY)
+
+
+@pytest.mark.parametrize(
+    ("address", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.1", True),
+        ("::1", True),
+        ("::ffff:127.0.0.1", True),
+        (None, True),  # a Unix socket
+        ("203.0.113.7", False),
+        ("10.0.0.5", False),
+        ("::ffff:10.0.0.5", False),
+        ("fe80::1%eth0", False),
+        ("not an address", False),
+    ],
+)
+def test_whether_a_peer_is_this_machine(address: str | None, local: bool) -> None:
+    assert is_this_machine(address) is local
+
+
+@pytest.mark.parametrize(
+    ("url", "private"),
+    [
+        ("https://10.0.0.5:8300", True),
+        ("HTTPS://idres.example.cn", True),
+        ("http://127.0.0.1:8300", True),
+        ("http://localhost:8300", True),
+        ("http://[::1]:8300", True),
+        ("http://10.0.0.5:8300", False),
+        ("http://idres.example.cn", False),
+    ],
+)
+def test_a_private_channel_is_https_or_this_machine(url: str, private: bool) -> None:
+    assert private_channel(url) is private
+
+
+def test_plain_http_elsewhere_carries_credentials_only_to_trusted_servers_when_the_operator_allows() -> None:
+    trusted = ["http://10.0.0.5:8300"]
+    assert channel_allowed("https://10.0.0.9:8300", (), allow_plain=False)
+    assert not channel_allowed("http://10.0.0.5:8300", trusted, allow_plain=False)
+    assert channel_allowed("http://10.0.0.5:8300", trusted, allow_plain=True)
+    assert not channel_allowed("http://10.0.0.9:8300", trusted, allow_plain=True)

@@ -160,7 +160,7 @@ async def _apply(
 async def post_batch(request: web.Request, stats: BatchStats, workers: BatchWorkers) -> web.Response:
     authority = request.app[AUTHORITY]
     limits = request.app[CONFIG].limits
-    identity = await authority.authenticate(request.headers.get("Authorization"), client=request.remote)
+    identity = await authority.identify(request)
     await authority.admit_write()  # a mirror refuses (503/7) before the body is read
     if identity is None:
         raise needs_credentials(None, "")

@@ -19,6 +19,7 @@ from resolver.client import HandleClient, basic_auth
 from resolver.config import Topology
 from resolver.errors import AuthenticationFailed, FailureKind, UpstreamError
 from resolver.names import parse_identity
+from resolver.sites import site_data
 from tests.conftest import LocalNode, free_port, topology_of
 
 SECRETS = {"top": "top-operator-secret", "auto": "auto-operator-secret", "carmaker": "carmaker-operator-secret"}
@@ -167,3 +168,21 @@ async def test_a_not_found_from_one_root_is_confirmed_by_the_other(tree: Tree, t
             await verify(identity("300:0.NA/88.118.77"), basic_auth("300:0.NA/88.118.77", "x"), ELSEWHERE)
     finally:
         await empty.stop()
+
+
+async def test_credentials_go_to_a_home_elsewhere_only_over_https(tree: Tree) -> None:
+    # The automotive node delegates 88.118.9 to a server on another machine that speaks plain HTTP:
+    # the verifier finds that home through the tree and refuses to send the header there.
+    elsewhere_site = {"format": "site", "value": site_data("192.0.2.8", 8300, primary=True, description="far")}
+    status, body = await tree.nodes["auto"].put(
+        "0.NA/88.118.9", [{"index": 1, "type": "HS_SITE", "data": elsewhere_site}], "300:0.NA/88.118"
+    )
+    assert status in (200, 201), body
+    far = "300:0.NA/88.118.9"
+    verify = remote_verifier(HandleClient(tree.session), [tree.url("top")])
+    with pytest.raises(AuthenticationFailed) as caught:
+        await verify(identity(far), basic_auth(far, "x"), ELSEWHERE)
+    assert caught.value.message == (
+        f"{far} cannot be verified here: its home node http://192.0.2.8:8300 is reached over plain HTTP, "
+        "and this node sends credentials only over HTTPS or to this machine"
+    )

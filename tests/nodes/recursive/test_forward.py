@@ -33,7 +33,7 @@ def test_the_status_table_follows_the_error_tree() -> None:
     assert HTTP_STATUSES[1] == (200, 201)
     assert HTTP_STATUSES[2] == (502, 503)
     assert (HTTP_STATUSES[100], HTTP_STATUSES[101], HTTP_STATUSES[102]) == ((404,), (409,), (400,))
-    assert (HTTP_STATUSES[402], HTTP_STATUSES[403], HTTP_STATUSES[401]) == ((401,), (401,), (403,))
+    assert (HTTP_STATUSES[402], HTTP_STATUSES[403], HTTP_STATUSES[401]) == ((401, 403), (401,), (403,))
     assert HTTP_STATUSES[200] == (200, 400) and HTTP_STATUSES[7] == (503,)
 
 
@@ -141,7 +141,8 @@ async def upstream() -> AsyncIterator[Upstream]:
 async def recursive(upstream: Upstream) -> AsyncIterator[TestClient[web.Request, web.Application]]:
     async with aiohttp.ClientSession() as session:
         app = web.Application()
-        app[RECURSIVE_CONFIG] = cast(RecursiveConfig, type("Config", (), {"limits": DEFAULT_LIMITS})())
+        spec = NodeSpec("recursive", "recursive", "127.0.0.1", free_port())
+        app[RECURSIVE_CONFIG] = RecursiveConfig(spec, Topology({"recursive": spec}), limits=DEFAULT_LIMITS)
         app[RECURSIVE] = cast(RecursiveResolver, FakeResolver(SiteServer(upstream.url, True)))
         app[CLIENT] = HandleClient(session, timeout=2.0)
         app.router.add_get("/api/handles/{handle:.+}", guarded(_get, lambda method, status: None))
@@ -223,14 +224,22 @@ def _basic(user: str, secret: str = "s3cret") -> str:
 
 @contextlib.asynccontextmanager
 async def _delegated(
-    upstream: Upstream, trusted: tuple[str, ...] = ()
+    upstream: Upstream, trusted: tuple[str, ...] = (), *, at: str | None = None, allow_plain: bool = False
 ) -> AsyncIterator[TestClient[web.Request, web.Application]]:
-    """A recursive node whose topology is only itself and that locates every handle at ``upstream``."""
-    spec = NodeSpec("recursive", "recursive", "127.0.0.1", free_port(), trusted_servers=trusted)
+    """A recursive node whose topology is only itself and that locates every handle at ``upstream``
+    (or at the URL ``at``)."""
+    spec = NodeSpec(
+        "recursive",
+        "recursive",
+        "127.0.0.1",
+        free_port(),
+        trusted_servers=trusted,
+        allow_plain_credentials=allow_plain,
+    )
     async with aiohttp.ClientSession() as session:
         app = web.Application()
         app[RECURSIVE_CONFIG] = RecursiveConfig(spec, Topology({"recursive": spec}))
-        app[RECURSIVE] = cast(RecursiveResolver, FakeResolver(SiteServer(upstream.url, True)))
+        app[RECURSIVE] = cast(RecursiveResolver, FakeResolver(SiteServer(at or upstream.url, True)))
         app[CLIENT] = HandleClient(session, timeout=2.0)
         app.router.add_get("/api/handles/{handle:.+}", guarded(_get, lambda method, status: None))
         app.router.add_route("*", "/api/handles/{handle:.+}", guarded(write_handle, lambda method, status: None))
@@ -288,3 +297,19 @@ async def test_unreadable_credentials_go_to_trusted_servers_only(upstream: Upstr
         body = await response.json()
     assert (response.status, body["responseCode"]) == (403, 401)
     assert "credentials this node cannot read" in body["message"] and upstream.seen == []
+
+
+# -- credentials travel over HTTPS or stay on this machine (issue 11, finding 12) -------------------
+
+
+@pytest.mark.parametrize("user", ["300%3A0.NA/88.118.8", "300%3A0.NA/88.119.6"])
+async def test_credentials_are_not_sent_over_plain_http_to_another_machine(upstream: Upstream, user: str) -> None:
+    # Even to a server under the identity's own prefix, or one the operator trusts: on the way over
+    # plain HTTP, anyone on the network reads the secret.
+    elsewhere = "http://192.0.2.8:8300"  # TEST-NET-1: nothing is ever sent there
+    async with _delegated(upstream, (elsewhere,), at=elsewhere) as client:
+        response = await client.get("/api/handles/88.118.8.1/X?auth=true", headers={"Authorization": _basic(user)})
+        body = await response.json()
+    assert (response.status, body["responseCode"]) == (403, 401)
+    assert f"88.118.8.1 is served by {elsewhere} over plain HTTP" in body["message"]
+    assert "sends credentials only over HTTPS or to this machine" in body["message"]

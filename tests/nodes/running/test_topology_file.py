@@ -48,3 +48,19 @@ def test_a_topology_error_names_the_file(tmp_path: Path) -> None:
     wrong.write_text('[nodes.x]\nrole = "primary"\nprefix = "88"\nlisten = "h:1"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=f"^{re.escape(str(wrong))}: node 'x': role must be one of"):
         load_topology(wrong)
+
+
+def test_tls_files_are_found_beside_the_topology_file_unless_their_path_is_whole(tmp_path: Path) -> None:
+    path = tmp_path / "conf" / "mine.toml"
+    path.parent.mkdir()
+    path.write_text(
+        '[tls]\nca = "certs/ca.pem"\n'
+        '[nodes.solo]\nrole = "top"\nprefix = "88"\nlisten = "127.0.0.1:9100"\n'
+        'tls_cert = "certs/solo.pem"\ntls_key = "/etc/idres/solo-key.pem"\n',
+        encoding="utf-8",
+    )
+    topology = load_topology(path)
+    solo = topology.node("solo")
+    assert topology.tls_ca == str(tmp_path / "conf" / "certs" / "ca.pem")
+    assert (solo.tls_cert, solo.tls_key) == (str(tmp_path / "conf" / "certs" / "solo.pem"), "/etc/idres/solo-key.pem")
+    assert solo.url == "https://127.0.0.1:9100"
