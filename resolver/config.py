@@ -26,6 +26,8 @@ __all__ = [
     "parse_topology",
 ]
 
+CHANGE_LOG_MAX_AGE = 7 * 86400.0  # seconds a change-log entry is kept for a mirror that has not applied it
+
 Role = Literal["top", "secondary", "enterprise", "recursive"]
 ROLES: tuple[Role, ...] = ("top", "secondary", "enterprise", "recursive")
 
@@ -61,6 +63,15 @@ class NodeSpec:
     # and so does a node unless its operator sets allow_plain_credentials), and send a client's
     # credentials over plain HTTP to the topology's nodes and trusted servers elsewhere.
     allow_plain_credentials: bool = False
+    # A recursive node: processes serving its port together (SO_REUSEPORT), each with its own cache.
+    workers: int = 1
+    # An authoritative node: change-log entries older than this many seconds are trimmed even if a
+    # mirror has not applied them (that mirror then copies a snapshot again); None: kept until every
+    # mirror has applied them.
+    change_log_max_age: float | None = CHANGE_LOG_MAX_AGE
+    # An authoritative node: whether anyone may read its digest (/api/replication/status, .../digest);
+    # by default only its operator may.
+    public_digest: bool = False
 
     @property
     def scheme(self) -> str:
@@ -209,6 +220,9 @@ def _node(name: str, raw: Any) -> NodeSpec:
         "tls_cert",
         "tls_key",
         "allow_plain_credentials",
+        "workers",
+        "change_log_max_age",
+        "public_digest",
     }
     unknown = set(raw) - known
     if unknown:
@@ -234,9 +248,20 @@ def _node(name: str, raw: Any) -> NodeSpec:
     if batch_workers is not None and (type(batch_workers) is not int or not 0 <= batch_workers <= 64):
         raise ConfigError(f"{where}: batch_workers must be a number of processes from 0 to 64, not {batch_workers!r}")
     tls = _tls(raw, where)
+    workers = raw.get("workers", 1)
+    if type(workers) is not int or not 1 <= workers <= 64:
+        raise ConfigError(f"{where}: workers must be a number of processes from 1 to 64, not {workers!r}")
+    max_age = raw.get("change_log_max_age", CHANGE_LOG_MAX_AGE)
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int | float) or max_age <= 0):
+        raise ConfigError(f"{where}: change_log_max_age must be a number of seconds above 0, not {max_age!r}")
+    public_digest = raw.get("public_digest", False)
+    if not isinstance(public_digest, bool):
+        raise ConfigError(f"{where}: public_digest must be true or false, not {public_digest!r}")
     if role == "recursive":
         if "prefix" in raw or "sync_mirrors" in raw or "batch_workers" in raw:
             raise ConfigError(f"{where}: a recursive node owns no prefix, has no mirrors and takes no batches")
+        if "change_log_max_age" in raw or "public_digest" in raw:
+            raise ConfigError(f"{where}: change_log_max_age and public_digest belong to authoritative nodes")
         hints = _str_list(raw.get("root_hints", []), f"{where} root_hints")
         return NodeSpec(
             name,
@@ -248,10 +273,11 @@ def _node(name: str, raw: Any) -> NodeSpec:
             description=str(raw.get("description", "")),
             cache=_settings(CacheConfig, raw.get("cache", {}), f"{where} cache"),
             upstream=_settings(UpstreamConfig, raw.get("upstream", {}), f"{where} upstream"),
+            workers=workers,
             **tls,
         )
-    if "cache" in raw or "upstream" in raw or "trusted_servers" in raw:
-        raise ConfigError(f"{where}: cache, upstream and trusted_servers settings belong to recursive nodes")
+    if "cache" in raw or "upstream" in raw or "trusted_servers" in raw or "workers" in raw:
+        raise ConfigError(f"{where}: cache, upstream, trusted_servers and workers settings belong to recursive nodes")
     prefix = None if mirror_of else _prefix(raw.get("prefix"), where)
     hosts = tuple(_prefix(h, f"{where} hosts") for h in _str_list(raw.get("hosts", []), where))
     for hosted in hosts:
@@ -268,6 +294,8 @@ def _node(name: str, raw: Any) -> NodeSpec:
         description=str(raw.get("description", "")),
         sync_mirrors=sync_mirrors,
         batch_workers=batch_workers,
+        change_log_max_age=None if max_age is None else float(max_age),
+        public_digest=public_digest,
         **tls,
     )
 
@@ -301,6 +329,8 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
             tls_cert=node.tls_cert,
             tls_key=node.tls_key,
             allow_plain_credentials=node.allow_plain_credentials,
+            change_log_max_age=node.change_log_max_age,
+            public_digest=node.public_digest,
         )
     seen: dict[tuple[str, int], str] = {}
     owners: dict[str, str] = {}

@@ -389,3 +389,40 @@ def test_tls_settings_that_are_wrong_are_named(node: dict[str, Any], top: dict[s
     with pytest.raises(ConfigError) as caught:
         _one(node, **top)
     assert words in str(caught.value)
+
+
+def test_workers_change_log_age_and_public_digest() -> None:
+    recursive = parse_topology({"nodes": {"r": {"role": "recursive", "listen": "127.0.0.1:1", "workers": 2}}})
+    assert recursive.node("r").workers == 2
+    node = _one({"change_log_max_age": 3600, "public_digest": True}).node("n")
+    assert (node.change_log_max_age, node.public_digest, node.workers) == (3600.0, True, 1)
+    assert _one({}).node("n").change_log_max_age == 7 * 86400.0 and not _one({}).node("n").public_digest
+
+
+@pytest.mark.parametrize(
+    ("node", "words"),
+    [
+        ({"workers": 2}, "workers settings belong to recursive nodes"),
+        ({"change_log_max_age": 0}, "change_log_max_age must be a number of seconds above 0, not 0"),
+        ({"change_log_max_age": "1d"}, "change_log_max_age must be a number of seconds above 0, not '1d'"),
+        ({"public_digest": 1}, "public_digest must be true or false, not 1"),
+    ],
+)
+def test_growth_settings_that_are_wrong_are_named(node: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        _one(node)
+    assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"workers": 0}, "workers must be a number of processes from 1 to 64, not 0"),
+        ({"workers": True}, "workers must be a number of processes from 1 to 64, not True"),
+        ({"public_digest": True}, "change_log_max_age and public_digest belong to authoritative nodes"),
+    ],
+)
+def test_recursive_growth_settings_that_are_wrong_are_named(raw: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_topology({"nodes": {"r": {"role": "recursive", "listen": "127.0.0.1:1", **raw}}})
+    assert words in str(caught.value)
