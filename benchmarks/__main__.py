@@ -145,5 +145,14 @@ def tls(ctx: click.Context) -> None:
     sys.exit(run(ctx.args))
 
 
+@main.command(context_settings=_PASS_THROUGH)
+@click.pass_context
+def scale(ctx: click.Context) -> None:
+    """Millions of identifiers in one node, a million answers in the recursive node: issue 12's targets."""
+    from benchmarks.scale import main as run
+
+    sys.exit(run(ctx.args))
+
+
 if __name__ == "__main__":
     main()

@@ -10,6 +10,7 @@ from resolver.codec import unpack_values
 from resolver.errors import HandleError
 from resolver.records import Record
 from resolver.storage.base import Change, PackedChange, Write, digest_records
+from resolver.storage.buckets import bucket_of_key, digest_buckets, lanes_hex
 
 __all__ = ["FakeClock", "MemoryStorage"]
 
@@ -33,7 +34,8 @@ class MemoryStorage:
 
     Values are kept packed with the real codec, so what comes back is exactly what SQLite would
     return (tuples read back as lists, and so on), and a caller mutating a value it wrote or read
-    cannot change what is stored.
+    cannot change what is stored. Counts, digests and listings are computed the slow way, from the
+    records: what SQLiteStorage keeps incrementally must always equal them.
     """
 
     def __init__(self) -> None:
@@ -73,42 +75,78 @@ class MemoryStorage:
             staged.append((w.key, blob))
         ts = int(time.time())
         for key, blob in staged:
-            self._seq += 1
             if blob is None:
+                self._seq += 1
                 self._records.pop(key, None)
                 self._log.append((self._seq, key, "delete", None, ts))
-            else:
+            elif created or self._records.get(key) != blob:  # a put that changes nothing is left out
+                self._seq += 1
                 self._records[key] = blob
                 self._log.append((self._seq, key, "put", blob, ts))
         return self._seq
 
-    async def list_keys(self, prefix: str, *, offset: int = 0, limit: int | None = None) -> tuple[int, list[str]]:
+    def _sorted_keys(self, prefix: str) -> list[str]:
+        return sorted(k for k in self._records if k.partition("/")[0] == prefix)
+
+    async def list_keys(
+        self, prefix: str, *, after: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[str]:
         self._check_open()
-        keys = sorted(k for k in self._records if k.partition("/")[0] == prefix)
+        keys = [k for k in self._sorted_keys(prefix) if after is None or k > after]
         start = max(offset, 0)
         end = None if limit is None else start + max(limit, 0)
-        return len(keys), keys[start:end]
+        return keys[start:end]
+
+    async def count_prefix(self, prefix: str) -> int:
+        self._check_open()
+        return len(self._sorted_keys(prefix))
 
     async def prefixes(self) -> list[str]:
         self._check_open()
         return sorted({k.partition("/")[0] for k in self._records})
 
-    async def changes(self, after: int, limit: int = 1000) -> list[Change]:
+    async def records_after(self, after_key: str, limit: int) -> list[tuple[str, bytes]]:
         self._check_open()
-        start = max(after, 0)  # seqs run 1, 2, 3... with no gaps, so seq n is at position n - 1
-        picked = self._log[start : start + max(limit, 0)]
+        return [(k, self._records[k]) for k in sorted(k for k in self._records if k > after_key)][: max(limit, 0)]
+
+    async def keys_between(self, after_key: str, upto_key: str | None, limit: int) -> list[str]:
+        self._check_open()
+        keys = sorted(k for k in self._records if k > after_key and (upto_key is None or k <= upto_key))
+        return keys[: max(limit, 0)]
+
+    async def changes(self, after: int, limit: int = 1000) -> list[Change]:
         return [
-            Change(seq, key, op, () if blob is None else unpack_values(blob), ts) for seq, key, op, blob, ts in picked
+            Change(c.seq, c.key, c.op, () if c.blob is None else unpack_values(c.blob), c.timestamp)
+            for c in await self.changes_packed(after, limit)
         ]
 
     async def changes_packed(self, after: int, limit: int = 1000) -> list[PackedChange]:
         self._check_open()
-        start = max(after, 0)
+        # The log holds a contiguous run of seqs starting at first_seq (older ones were trimmed).
+        first = self._log[0][0] if self._log else self._seq + 1
+        start = max(after + 1 - first, 0)
         return [PackedChange(*entry) for entry in self._log[start : start + max(limit, 0)]]
 
     async def last_seq(self) -> int:
         self._check_open()
         return self._seq
+
+    async def first_seq(self) -> int:
+        self._check_open()
+        return self._log[0][0] if self._log else self._seq + 1
+
+    async def trim_changes(self, below: int) -> int:
+        self._check_open()
+        kept = [entry for entry in self._log if entry[0] >= below]
+        trimmed = len(self._log) - len(kept)
+        self._log = kept
+        return trimmed
+
+    async def trim_changes_older(self, seconds: float, below: int) -> int:
+        self._check_open()
+        cutoff = int(time.time() - seconds)
+        young = next((entry[0] for entry in self._log if entry[0] < below and entry[4] >= cutoff), below)
+        return await self.trim_changes(young)
 
     async def count(self) -> int:
         self._check_open()
@@ -116,7 +154,16 @@ class MemoryStorage:
 
     async def digest(self) -> tuple[int, str]:
         self._check_open()
-        return digest_records((k, self._records[k]) for k in sorted(self._records))
+        return digest_records(self._records.items())
+
+    async def digest_buckets(self) -> list[tuple[int, int, str]]:
+        self._check_open()
+        return [(b, n, lanes_hex(four)) for b, (n, four) in digest_buckets(self._records.items()).items()]
+
+    async def bucket_keys(self, bucket: int, after_key: str, limit: int) -> list[str]:
+        self._check_open()
+        keys = sorted(k for k in self._records if k > after_key and bucket_of_key(k) == bucket)
+        return keys[: max(limit, 0)]
 
     async def get_meta(self, name: str) -> str | None:
         self._check_open()

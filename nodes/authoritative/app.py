@@ -137,18 +137,31 @@ async def delete_handle(request: web.Request) -> web.Response:
 
 
 async def list_handles(request: web.Request) -> web.Response:
+    """GET /api/handles?prefix=P[&page=N&pageSize=S][&after=CURSOR]: one page of P's handles, with
+    ``next`` (the cursor of the following page) when more follow (``Authority.list_handles``)."""
     authority = request.app[AUTHORITY]
     prefix_text = request.query.get("prefix")
     if not prefix_text:
         raise ProtocolError("listing needs ?prefix=PREFIX")
     identity = await authority.identify(request)
     page, page_size = query_int(request, "page"), query_int(request, "pageSize")
-    _, total, keys = await authority.list_handles(prefix_text, page=page, page_size=page_size, identity=identity)
-    body: dict[str, object] = {"responseCode": 1, "prefix": prefix_text, "totalCount": str(total), "handles": keys}
+    after = request.query.get("after") or None
+    if after is not None and not after.isprintable():
+        # A cursor is a handle this node listed: text SQLite can compare, no control characters.
+        raise ProtocolError("after= is not a cursor this node gave (the next of an earlier listing)")
+    listing = await authority.list_handles(prefix_text, page=page, page_size=page_size, after=after, identity=identity)
+    body: dict[str, object] = {
+        "responseCode": 1,
+        "prefix": prefix_text,
+        "totalCount": str(listing.total),
+        "handles": listing.handles,
+    }
     if page is not None:
         body["page"] = page
     if page_size is not None:
         body["pageSize"] = page_size
+    if listing.next is not None:
+        body["next"] = listing.next
     return respond(request, 200, body)
 
 

@@ -1,31 +1,39 @@
 """Pull replication: every node serves its change log and a snapshot; a mirror copies, then follows.
 
 Endpoints (changes, snapshot, promote and fence are operator-only, ``300:0.NA/<prefix>``, as they carry
-non-public values such as hashed HS_SECKEY or change the node's role; status is public):
+non-public values such as hashed HS_SECKEY or change the node's role; status is public, its digest
+is not unless the topology says ``public_digest = true``):
 
 - ``GET /api/replication/changes?after=SEQ&limit=N&wait=SECONDS[&node=NAME&epoch=E]`` ->
   ``{"responseCode": 1, "lastSeq": L, "epoch", "changes": [{"seq", "key", "op": "put"|"delete",
   "values"}]}``, seq > after in order (limit 1000 by default, at most 10000; ``lastSeq`` >= every seq
   in the page). With ``wait`` (at most 30 s) and nothing new it long-polls until a write commits or
   the wait ends. A mirror adds its name and epoch: its ``after`` is then its acknowledgement that it
-  has applied everything up to ``after`` (counted for a peer of this node at this node's epoch).
+  has applied everything up to ``after`` (counted for a peer of this node at this node's epoch; the
+  log is trimmed below what every peer acknowledged, ``nodes.replication.retention``). HTTP 410
+  (responseCode 2, ``firstSeq``, ``lastSeq``, a message saying the log was trimmed) when the entries
+  after ``after`` are no longer kept: the mirror copies a snapshot again.
 - ``GET /api/replication/snapshot[?after_key=KEY]`` -> a stream of maps (msgpack objects back to back,
   or NDJSON lines): ``{"responseCode": 1, "lastSeq": L, "epoch", "node"}``, then ``{"key", "values"}``
-  per record in (prefix, key) order after ``after_key`` (to resume a cut stream), then
+  per record in key order after ``after_key`` (to resume a cut stream), then
   ``{"responseCode": 1, "done": true, "count": N}``; no trailer means cut short,
-  ``{"responseCode": 2, "message"}`` failed. L is read before any key is listed, so replaying the
-  changes after L converges: puts and deletes carry whole records, so they are idempotent and the
-  last one for a key wins. Every stored record is sent, whatever its prefix, so that equal data
-  gives equal digests.
+  ``{"responseCode": 2, "message"}`` failed. The records are read a page at a time by key cursor
+  (``Storage.records_after``) and sent as read, so memory stays one page whatever the node holds. L
+  is read before the first page, so replaying the changes after L converges: puts and deletes carry
+  whole records, so they are idempotent and the last one for a key wins. Every stored record is
+  sent, whatever its prefix, so that equal data gives equal digests.
 - ``GET /api/replication/status[?digest=false]`` -> role, node, epoch, writable, roleSource
   ("topology", or "promoted"/"demoted": a stored role, which wins over the topology; ``note`` then
-  says how it differs), lastSeq (of this node's own log), records and digest (``Storage.digest``:
-  SHA-256 over every key and values blob in key order; O(records), cached until the next write;
-  ``digest=false`` skips it), ``message`` when writes are refused. A primary adds ``syncMirrors`` and
-  ``mirrors``: per mirror that polled it, ``appliedSeq``, ``lagSeq`` and ``seenSecondsAgo``. A
+  says how it differs), lastSeq and firstSeq (the newest and the oldest entry this node's own log
+  keeps: ``firstSeq`` is ``lastSeq + 1`` when it keeps none), records and digest (``Storage.digest``,
+  kept up to date by the write path; for the operator, or anyone with ``public_digest``;
+  ``digest=false`` skips them), ``message`` when writes are refused. A primary adds ``syncMirrors``
+  and ``mirrors``: per mirror that polled it, ``appliedSeq``, ``lagSeq`` and ``seenSecondsAgo``. A
   mirror adds appliedSeq (the upstream's seq applied), snapshotSeq, primary (URL), primaryNode,
   primaryEpoch, connected, lagSeq, lagSeconds (0 while connected and caught up, else seconds since it
   last was, null if never) and lastError.
+- ``GET /api/replication/digest[?bucket=B&after_key=K]``: the digest by buckets of the key space, so
+  two nodes can find where they differ (``nodes.replication.digests``).
 - ``POST /api/replication/promote`` -> ``{"responseCode": 1, "role": "primary", "epoch": N, "fenced",
   "message"}``: see ``nodes.replication.roles`` (roles, epochs, peer checks, fencing, sync_mirrors).
 - ``POST /api/replication/fence?node=NAME&epoch=E`` -> ``{"responseCode": 1, "node", "role", "lastSeq"}``:
@@ -43,20 +51,20 @@ import contextlib
 import logging
 import math
 import time
-from bisect import bisect_right
-from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
 
 from nodes.authoritative.authority import AUTHORITY, Authority
+from nodes.replication.access import may_read_digest, operator_only
+from nodes.replication.digests import get_digest
 from nodes.replication.follower import APPLIED_SEQ, PAGE_BYTES, SNAPSHOT_SEQ, meta_int
 from nodes.replication.roles import REPLICATION
 from nodes.shared.http_api import query_bool, query_int, respond
-from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, pack_values
-from resolver.errors import AuthenticationNeeded, HandleError, PermissionDenied, ProtocolError
+from resolver.codec import JSON, MSGPACK, NDJSON, choose_media_type, encode, unpack_values
+from resolver.errors import HandleError, ProtocolError
 from resolver.storage import Change, PackedChange
-from resolver.values import HandleValue, value_to_wire
+from resolver.values import value_to_wire
 
 __all__ = ["setup_replication"]
 
@@ -68,32 +76,17 @@ MAX_WAIT = 30.0
 # A long-poll also rereads the log this often, so writes that bypass the Authority (another process
 # on the same database file, or a direct store.write) are still seen within a second.
 RECHECK_SECONDS = 1.0
-SNAPSHOT_CHUNK = 500  # records per get_many
+# Records per read of a snapshot: what the primary holds in memory per mirror copying. Typical records
+# (~400 bytes) make a page of ~100 KB; even 256 records at the 256 KiB record limit stay at 64 MB.
+SNAPSHOT_PAGE = 256
 
 
 # -- serving: every authoritative node ---------------------------------------------------------
 
 
-async def _operator(request: web.Request) -> Authority:
-    authority = request.app[AUTHORITY]
-    identity = await authority.identify(request)
-    if identity is None:
-        raise AuthenticationNeeded(f"replication needs the operator's credentials ({authority.operator})")
-    operator = authority.operator
-    if (identity.index, identity.key) != (operator.index, operator.key):
-        raise PermissionDenied(f"{identity} may not replicate: only the node's operator {operator} may")
-    return authority
-
-
-def _wire_values(values: Sequence[HandleValue] | None, packed: bool) -> Any:
-    if values is None:
-        return None
-    return pack_values(values) if packed else [value_to_wire(v) for v in values]
-
-
 def _change_body(change: Change) -> dict[str, Any]:
-    values = None if change.op == "delete" else change.values
-    return {"seq": change.seq, "key": change.key, "op": change.op, "values": _wire_values(values, False)}
+    values = None if change.op == "delete" else [value_to_wire(v) for v in change.values]
+    return {"seq": change.seq, "key": change.key, "op": change.op, "values": values}
 
 
 def _packed_change_body(change: PackedChange) -> dict[str, Any]:
@@ -117,7 +110,7 @@ async def _read_changes(authority: Authority, after: int, limit: int, packed: bo
 
 
 async def get_changes(request: web.Request) -> web.Response:
-    authority = await _operator(request)
+    authority = await operator_only(request)
     after, limit = query_int(request, "after") or 0, query_int(request, "limit") or DEFAULT_LIMIT
     try:
         wait = float(request.query.get("wait") or 0)
@@ -132,6 +125,7 @@ async def get_changes(request: web.Request) -> web.Response:
         replication.acks.report(node, after)  # a mirror's `after` is what it has applied
     feed = replication.feed
     packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
+    store = authority.store
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait
     while True:
@@ -139,60 +133,72 @@ async def get_changes(request: web.Request) -> web.Response:
         # so it cannot slip in between the read and the wait unnoticed.
         woken = feed.event
         found, newest = await _read_changes(authority, after, limit, packed)
+        # Asked after the page: trimming only removes the oldest entries, so if the entry after `after`
+        # is kept now, it was when the page was read, and the page starts right after `after`.
+        first = await store.first_seq()
+        if after < first - 1:
+            last = await store.last_seq()
+            return respond(request, 410, _trimmed_body(authority, after, first, last, replication.epoch))
         remaining = deadline - loop.time()
         if found or remaining <= 0 or feed.closing:
             break
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), min(remaining, RECHECK_SECONDS))
-    last = max(await authority.store.last_seq(), newest)
+    last = max(await store.last_seq(), newest)
     body = {"responseCode": 1, "lastSeq": last, "epoch": replication.epoch, "changes": found}
     return respond(request, 200, body)
 
 
+def _trimmed_body(authority: Authority, after: int, first: int, last: int, epoch: int) -> dict[str, Any]:
+    """The answer to a mirror that fell behind the trimmed log: copy a snapshot, then follow from its lastSeq."""
+    message = (
+        f"the change log of {authority.spec.name} was trimmed: it keeps seq {first} to {last}, so the changes "
+        f"after seq {after} are gone; copy a snapshot (GET /api/replication/snapshot) and follow from its lastSeq"
+    )
+    return {"responseCode": 2, "message": message, "firstSeq": first, "lastSeq": last, "epoch": epoch}
+
+
 async def get_snapshot(request: web.Request) -> web.StreamResponse:
-    authority = await _operator(request)
+    authority = await operator_only(request)
     replication = request.app[REPLICATION]
     feed = replication.feed
-    after_key = request.query.get("after_key", "")
-    after_prefix = after_key.partition("/")[0]
+    cursor = request.query.get("after_key", "")
     packed = choose_media_type(request.headers.get("Accept")) == MSGPACK
 
-    def frame(obj: dict[str, Any]) -> bytes:
+    def frame(key: str, blob: bytes) -> bytes:
+        if packed:  # the stored bytes, never decoded here
+            return encode({"key": key, "values": blob}, MSGPACK)
+        return encode({"key": key, "values": [value_to_wire(v) for v in unpack_values(blob)]}, JSON) + b"\n"
+
+    def message(obj: dict[str, Any]) -> bytes:
         return encode(obj, MSGPACK) if packed else encode(obj, JSON) + b"\n"
 
     store = authority.store
-    last = await store.last_seq()  # before listing: see the module docstring
-    prefixes = await store.prefixes()  # every record is copied, so digests can be compared
+    last = await store.last_seq()  # before the first page: see the module docstring
     response = web.StreamResponse(headers={"Content-Type": MSGPACK if packed else NDJSON})
     await response.prepare(request)
     count = 0
     try:
         head = {"responseCode": 1, "lastSeq": last, "epoch": replication.epoch, "node": authority.spec.name}
-        await response.write(frame(head))
-        for prefix in prefixes:
-            if after_key and prefix < after_prefix:
-                continue
-            # One statement per prefix: a consistent view, so no key is skipped by concurrent writes
-            # (offset paging could skip one); only the keys sit in memory, records go by chunks.
-            _, keys = await store.list_keys(prefix)
-            start = bisect_right(keys, after_key) if after_key and prefix == after_prefix else 0
-            for i in range(start, len(keys), SNAPSHOT_CHUNK):
-                if feed.closing:
-                    return response  # no trailer: the mirror resumes after the last key it got
-                batch = keys[i : i + SNAPSHOT_CHUNK]
-                records = await store.get_many(batch)
-                # A listed key missing now was deleted after `last`; replaying that delete covers it.
-                frames = [
-                    frame({"key": k, "values": _wire_values(records[k].values, packed)}) for k in batch if k in records
-                ]
-                count += len(frames)
-                await response.write(b"".join(frames))
-        await response.write(frame({"responseCode": 1, "done": True, "count": count}))
+        await response.write(message(head))
+        while True:
+            if feed.closing:
+                return response  # no trailer: the mirror resumes after the last key it got
+            # Every stored record, whatever its prefix, so that equal data gives equal digests. A page
+            # at a time by key cursor: only one page sits in memory, and a key that exists throughout is
+            # sent whatever is written meanwhile (keys never move; offset paging could skip one).
+            page = await store.records_after(cursor, SNAPSHOT_PAGE)
+            if not page:
+                break
+            await response.write(b"".join(frame(key, blob) for key, blob in page))
+            count += len(page)
+            cursor = page[-1][0]
+        await response.write(message({"responseCode": 1, "done": True, "count": count}))
     except ConnectionError:
         return response  # the mirror went away; it will ask again
     except HandleError as exc:
         log.warning("snapshot for %s failed after %d records: %s", request.remote, count, exc.message)
-        await response.write(frame({"responseCode": exc.response_code, "message": exc.message}))
+        await response.write(message({"responseCode": exc.response_code, "message": exc.message}))
     return response
 
 
@@ -208,13 +214,14 @@ async def get_status(request: web.Request) -> web.Response:
         "writable": not authority.read_only,
         "roleSource": replication.role_source,
         "lastSeq": last,
+        "firstSeq": await store.first_seq(),
     }
     note = replication.note()
     if note:
         body["note"] = note
     if authority.read_only:
         body["message"] = authority.read_only_message
-    if query_bool(request, "digest", default=True):
+    if query_bool(request, "digest", default=True) and await may_read_digest(request):
         body["records"], body["digest"] = await store.digest()
     state = replication.mirror
     if replication.role == "primary":
@@ -242,7 +249,7 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def post_promote(request: web.Request) -> web.Response:
     """Make this node the writable primary (see ``nodes.replication.roles``); the operator only."""
-    await _operator(request)
+    await operator_only(request)
     done = await request.app[REPLICATION].promote()
     body = {"responseCode": 1, "role": "primary", "epoch": done.epoch, "fenced": done.fenced, "message": done.message}
     return respond(request, 200, body)
@@ -250,7 +257,7 @@ async def post_promote(request: web.Request) -> web.Response:
 
 async def post_fence(request: web.Request) -> web.Response:
     """A peer is being promoted: stop taking writes and answer the last seq; the operator only."""
-    authority = await _operator(request)
+    authority = await operator_only(request)
     node, epoch = request.query.get("node", ""), query_int(request, "epoch")
     if not node or epoch is None or epoch < 1:
         raise ProtocolError("fence needs node=NAME (the peer being promoted) and epoch=E (its new epoch, >= 1)")
@@ -275,6 +282,7 @@ def setup_replication(app: web.Application) -> None:
     app.router.add_get("/api/replication/changes", get_changes)
     app.router.add_get("/api/replication/snapshot", get_snapshot)
     app.router.add_get("/api/replication/status", get_status)
+    app.router.add_get("/api/replication/digest", get_digest)
     app.router.add_post("/api/replication/promote", post_promote)
     app.router.add_post("/api/replication/fence", post_fence)
     # on_shutdown runs before aiohttp waits for open requests: a 30 s long-poll must not hold it up.

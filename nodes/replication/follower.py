@@ -5,9 +5,14 @@ The wire format is described in ``nodes.replication.endpoints``. What the puller
 - ``applied_seq``: the upstream's last seq this mirror has applied; absent or "" means "copy a snapshot
   first" ("" is how a demotion resets it, as Storage has no way to delete a meta entry).
 - ``snapshot_seq``: lastSeq of the first snapshot attempt; the change log is replayed from there.
-- ``resync``: "1" after a demotion. The local records may then hold writes the new primary never
-  saw, so once the snapshot is complete every local record the snapshot did not send is deleted.
-  (The keys received are kept in memory meanwhile; a restart restarts the stream from its start.)
+- ``snapshot_key``: the last key of the snapshot applied so far, so a cut stream (or a restart)
+  resumes after it rather than from the start.
+- ``resync``: "1" after a demotion, or when the upstream answered 410 (its log was trimmed past what
+  this mirror applied). The local records may then hold what the upstream no longer does, so the
+  snapshot is merged in: it comes in key order, and with each page the local keys between the
+  previous page's last key and this page's last key that the page lacks are deleted, and at the end
+  every local key after the last one sent. Only one page is held in memory, and the walk resumes
+  from ``snapshot_key`` like the copy.
 
 Every answer carries the upstream's epoch; ``check_epoch`` refuses one below this node's own (the
 upstream was superseded by a promotion) and adopts a higher one.
@@ -36,7 +41,7 @@ from resolver.storage import Storage, Write
 if TYPE_CHECKING:
     from nodes.authoritative.authority import Authority
 
-__all__ = ["APPLIED_SEQ", "RESYNC", "SNAPSHOT_SEQ", "Mirror", "MirrorState", "meta_int"]
+__all__ = ["APPLIED_SEQ", "RESYNC", "SNAPSHOT_KEY", "SNAPSHOT_SEQ", "Mirror", "MirrorState", "meta_int"]
 
 log = logging.getLogger("idres.replication")
 
@@ -48,11 +53,16 @@ POLL_PAGE = 5_000  # changes per request; values travel as stored, so a page cos
 # this plus one record and the page's framing (ANSWER_BYTES), its client's cap on a changes answer.
 PAGE_BYTES = 8 * 1_048_576
 ANSWER_BYTES = PAGE_BYTES + 2 * DEFAULT_LIMITS.max_record_bytes + 1_048_576
-SNAPSHOT_CHUNK = 500  # records per apply_replicated on the mirror
+# Records per apply_replicated on the mirror (one transaction), or fewer once their values pass the
+# byte bound: 500 bulk-loaded records are ~200 KB, while 500 near the record limit would be 128 MB.
+SNAPSHOT_CHUNK = 500
+SNAPSHOT_CHUNK_BYTES = 4 * 1_048_576
+RECONCILE_PAGE = 1_000  # local keys read at a time while a resync looks for what to delete
 SNAPSHOT_READ_TIMEOUT = 60.0  # silence mid-stream longer than this means the primary is gone
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 APPLIED_SEQ = "applied_seq"
 SNAPSHOT_SEQ = "snapshot_seq"
+SNAPSHOT_KEY = "snapshot_key"
 RESYNC = "resync"
 
 
@@ -111,6 +121,32 @@ def _epoch_of(body: dict[str, Any]) -> int:
     return epoch
 
 
+class _Pipeline:
+    """Applies a snapshot's pages in order, each while the next one is read and decoded: the write's
+    SQLite work runs in a thread, so the two overlap. At most one page is being applied and one
+    filled, so memory stays two pages."""
+
+    def __init__(self, apply: Callable[[list[Write]], Awaitable[None]]) -> None:
+        self._apply = apply
+        self._pending: asyncio.Future[None] | None = None
+
+    async def put(self, page: list[Write]) -> None:
+        """Start applying ``page`` once the previous one is applied (raising what that raised)."""
+        await self.drain()
+        if page:
+            self._pending = asyncio.ensure_future(self._apply(page))
+
+    async def drain(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def close(self) -> None:
+        """On the way out of a failed copy: let the page being applied finish (it is whole and valid)."""
+        with contextlib.suppress(Exception):
+            await self.drain()
+
+
 class Mirror:
     """A mirror's background puller: copy a snapshot once, then follow the upstream's change log."""
 
@@ -132,8 +168,9 @@ class Mirror:
         self._epoch = epoch  # this node's current epoch, sent with each poll
         # The long-poll holds the request open for POLL_WAIT; allow for that plus a slow answer.
         self._client = HandleClient(session, timeout=POLL_WAIT + 10, max_answer_bytes=ANSWER_BYTES)
-        self._resume_key = ""  # the last snapshot key applied, so a cut stream resumes after it
-        self._received: set[str] = set()  # during a resync: every key the snapshot sent
+        self._cursor = ""  # the last snapshot key applied (and, in a resync, reconciled)
+        self._resumed = ""  # the cursor a resumption was last logged at
+        self._purged = 0
         self._retries = 0  # failed rounds since the upstream last answered
 
     async def run(self) -> None:
@@ -168,7 +205,13 @@ class Mirror:
 
     async def _copy_snapshot(self) -> None:
         store = self._authority.store
-        params = {"after_key": self._resume_key} if self._resume_key else {}
+        base = await meta_int(store, SNAPSHOT_SEQ)
+        # A retry (or a restart) resumes after the last key applied; a first attempt starts at the start.
+        self._cursor = (await store.get_meta(SNAPSHOT_KEY) or "") if base is not None else ""
+        params = {"after_key": self._cursor} if self._cursor else {}
+        if self._cursor and self._cursor != self._resumed:  # once per place, not once per retry
+            log.info("resuming the snapshot from %s after %r", self._state.primary, self._cursor)
+            self._resumed = self._cursor
         headers = {"Accept": MSGPACK, "Authorization": self._auth}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=SNAPSHOT_READ_TIMEOUT)
         url = self._state.primary + "/api/replication/snapshot"
@@ -183,66 +226,92 @@ class Mirror:
             await self._answered(header)
             self._state.primary_seq = last
             resync = await store.get_meta(RESYNC) == "1"
-            if not self._resume_key:
-                self._received = set()
-            base = await meta_int(store, SNAPSHOT_SEQ)
             if base is None:
                 # Replay starts at the first attempt's lastSeq even if this one is cut and retried:
                 # a record copied then and deleted since is only removed by replaying that delete.
+                await store.set_meta(SNAPSHOT_KEY, "")
                 await store.set_meta(SNAPSHOT_SEQ, str(last))
             base = last if base is None else min(base, last)
             self._reached(caught_up=False)
+            self._purged = 0  # this attempt's deletions of what the upstream lacks (a resync)
             batch: list[Write] = []
-            received = 0
+            size = received = 0
+            last_key = self._cursor
+            pages = _Pipeline(lambda page: self._apply_snapshot(page, resync))
             cut = "the stream ended before its end marker"
             try:
-                async for item in items:
-                    if "key" in item:
-                        batch.append(_write_of(item))
-                        received += 1
-                        if len(batch) >= SNAPSHOT_CHUNK:
-                            await self._apply_snapshot(batch, resync)
-                            batch = []
-                    elif item.get("done") is True and item.get("count") == received:
-                        await self._apply_snapshot(batch, resync)
-                        if resync:
-                            await self._purge()
-                            await store.set_meta(RESYNC, "")
-                        await store.set_meta(APPLIED_SEQ, str(base))
-                        self._resume_key = ""
-                        log.info("copied a snapshot of %d records from %s", received, self._state.primary)
-                        return
-                    else:
-                        cut = f"the upstream reported {str(item)[:200]}"
-                        break
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                cut = f"{type(exc).__name__}: {exc}"
-            # Cut short: the records that did arrive are whole, so keep them and resume after the last.
-            await self._apply_snapshot(batch, resync)
+                try:
+                    async for item in items:
+                        if "key" in item:
+                            write = _write_of(item)
+                            if write.key <= last_key:  # the merge walk and the resumption rely on the order
+                                raise ReplicationError(f"snapshot: key {write.key!r} out of order")
+                            batch.append(write)
+                            last_key, received, size = write.key, received + 1, size + len(write.blob or b"")
+                            if len(batch) >= SNAPSHOT_CHUNK or size >= SNAPSHOT_CHUNK_BYTES:
+                                await pages.put(batch)
+                                batch, size = [], 0
+                        elif item.get("done") is True and item.get("count") == received:
+                            await pages.put(batch)
+                            await pages.drain()
+                            await self._finish(base, resync, received)
+                            return
+                        else:
+                            cut = f"the upstream reported {str(item)[:200]}"
+                            break
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    cut = f"{type(exc).__name__}: {exc}"
+                # Cut short: the records that did arrive are whole, so keep them and resume after the last.
+                await pages.put(batch)
+                await pages.drain()
+            finally:
+                await pages.close()
         raise ReplicationError(f"snapshot after {received} records: {cut}")
 
-    async def _apply_snapshot(self, batch: list[Write], resync: bool) -> None:
-        if batch:
-            await self._authority.apply_replicated(batch)
-            self._resume_key = batch[-1].key
-            if resync:
-                self._received.update(w.key for w in batch)
+    async def _finish(self, base: int, resync: bool, received: int) -> None:
+        """The whole snapshot is applied: in a resync delete what lies past its last key, then follow from ``base``."""
+        store = self._authority.store
+        if resync:
+            self._purged += await self._reconcile(None, set())  # nothing upstream after the last key
+            await store.set_meta(RESYNC, "")
+            if self._purged:  # counted since this stream began (a resumed one counts its part)
+                log.warning("resync: deleted %d records that %s does not hold", self._purged, self._state.primary)
+        await store.set_meta(APPLIED_SEQ, str(base))
+        await store.set_meta(SNAPSHOT_KEY, "")
+        log.info("copied a snapshot of %d records from %s", received, self._state.primary)
 
-    async def _purge(self) -> None:
-        """After a resync's snapshot: delete what this node holds and the upstream did not send.
+    async def _apply_snapshot(self, batch: list[Write], resync: bool) -> None:
+        """Apply one page of the snapshot, then remember its last key (stored: a restart resumes there).
+
+        In a resync, first delete the local keys between the previous page and the end of this one
+        that the page does not hold: the snapshot comes in key order, so such a key is not held
+        upstream (a merge walk; nothing but one page is kept in memory)."""
+        if not batch:
+            return
+        if resync:
+            await self._reconcile(batch[-1].key, {w.key for w in batch})
+        await self._authority.apply_replicated(batch)
+        # Stored after the page is applied: a crash in between applies the page again, harmlessly.
+        self._cursor = batch[-1].key
+        await self._authority.store.set_meta(SNAPSHOT_KEY, self._cursor)
+
+    async def _reconcile(self, upto: str | None, sent: set[str]) -> int:
+        """Delete the local keys after the cursor, up to ``upto`` (None: to the end), not in ``sent``;
+        how many.
 
         Correct with writes going on upstream: a key missing from the stream was missing upstream
-        when its prefix was listed, after the snapshot's lastSeq; a later put of it is replayed."""
-        store = self._authority.store
-        stale: list[Write] = []
-        for prefix in await store.prefixes():
-            _, keys = await store.list_keys(prefix)
-            stale.extend(Write(key, None) for key in keys if key not in self._received)
-        for i in range(0, len(stale), SNAPSHOT_CHUNK):
-            await self._authority.apply_replicated(stale[i : i + SNAPSHOT_CHUNK])
-        if stale:
-            log.warning("resync: deleted %d records that %s does not hold", len(stale), self._state.primary)
-        self._received = set()
+        when its page was read, after the snapshot's lastSeq; a later put of it is replayed."""
+        store, after, deleted = self._authority.store, self._cursor, 0
+        while True:
+            keys = await store.keys_between(after, upto, RECONCILE_PAGE)
+            stale = [Write(key, None) for key in keys if key not in sent]
+            if stale:
+                await self._authority.apply_replicated(stale)
+                deleted += len(stale)
+            if len(keys) < RECONCILE_PAGE:
+                break
+            after = keys[-1]
+        return deleted
 
     async def _follow(self) -> None:
         store = self._authority.store
@@ -260,6 +329,10 @@ class Mirror:
             reply = await self._client.request(
                 "GET", self._state.primary, "/api/replication/changes", params=params, authorization=self._auth
             )
+            if reply.status == 410:
+                await self._answered(reply.body)  # a superseded node's word is not taken either
+                await self._start_over(applied, reply.body)
+                return
             if reply.status != 200 or reply.response_code != 1:
                 raise ReplicationError(f"changes: HTTP {reply.status}: {reply.body.get('message', reply.body)}")
             last, items = reply.body.get("lastSeq"), reply.body.get("changes")
@@ -287,3 +360,22 @@ class Mirror:
                 # say so; an operator can promote this node or wipe it to copy a fresh snapshot.
                 raise ReplicationError(f"the upstream's lastSeq {last} is behind the applied seq {applied}")
             self._reached(caught_up=applied >= last)
+
+    async def _start_over(self, applied: int, body: dict[str, Any]) -> None:
+        """The upstream trimmed its log past what this mirror applied: copy a snapshot again.
+
+        A resync, as records deleted upstream meanwhile are in no snapshot: the merge walk removes
+        them. Stored in this order so that a crash midway leaves either the old state (the next poll
+        gets 410 again) or a clean start: ``applied_seq`` is reset last."""
+        store = self._authority.store
+        log.warning(
+            "replication from %s: the log no longer holds the changes after seq %d (%s); copying a snapshot",
+            self._state.primary,
+            applied,
+            body.get("message", body),
+        )
+        await store.set_meta(RESYNC, "1")
+        await store.set_meta(SNAPSHOT_SEQ, "")
+        await store.set_meta(APPLIED_SEQ, "")
+        self._state.caught_up = False
+        self._state.last_error = f"the upstream's log was trimmed past seq {applied}: copying a snapshot"

@@ -79,14 +79,8 @@ from aiohttp import web
 from nodes.authoritative.authority import Authority
 from nodes.authoritative.config import AuthoritativeConfig
 from nodes.replication.acks import AckTracker, ChangeFeed
-from nodes.replication.follower import (
-    APPLIED_SEQ,
-    RESYNC,
-    SNAPSHOT_SEQ,
-    Mirror,
-    MirrorState,
-    meta_int,
-)
+from nodes.replication.follower import APPLIED_SEQ, RESYNC, SNAPSHOT_SEQ, Mirror, MirrorState, meta_int
+from nodes.replication.retention import Retention
 from resolver.client import HandleClient, basic_auth
 from resolver.config import NodeSpec
 from resolver.errors import NotReplicated, ProtocolError, ReplicationError, ServerBusy, UpstreamError
@@ -205,15 +199,19 @@ class Replication:
         self._lock = asyncio.Lock()  # one role change at a time
         self._mirror_task: asyncio.Task[None] | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._trim_task: asyncio.Task[None] | None = None
         self._session = session
         self._auth = basic_auth(f"300:{prefix_handle(spec.prefix or '')}", config.operator_secret)
 
     # -- start and stop --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Observe the authority's writes, then follow the upstream (a mirror) or check the peers."""
+        """Observe the authority's writes, start trimming the change log (``retention``), then follow the
+        upstream (a mirror) or check the peers."""
         authority, spec, start = self.authority, self.spec, self._start
         authority.observe(self)
+        retention = Retention(authority.store, [p.name for p in self.peers], self.acks, spec.change_log_max_age)
+        self._trim_task = asyncio.create_task(retention.run(), name=f"trim-log-of-{spec.name}")
         if start.is_mirror:
             upstream = self.topology.nodes.get(start.following)
             if upstream is None:  # the topology changed under a demoted node: wait for an operator
@@ -240,7 +238,7 @@ class Replication:
 
     async def stop(self) -> None:
         """Cancel the puller and the peer checks and wait for them (the session is the caller's)."""
-        for task in (self._mirror_task, self._watch_task):
+        for task in (self._mirror_task, self._watch_task, self._trim_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -365,7 +363,7 @@ class Replication:
         store = self.authority.store
         for name, value in ((ROLE, "mirror"), (FOLLOWING, peer.name), (RESYNC, "1")):
             await store.set_meta(name, value)
-        for name in (APPLIED_SEQ, SNAPSHOT_SEQ):
+        for name in (SNAPSHOT_SEQ, APPLIED_SEQ):  # applied_seq last: a fresh snapshot only once both are unset
             await store.set_meta(name, "")  # "": unset, so the puller copies a fresh snapshot
         self.role, self.role_source, self.conflict, self.fenced_by = "mirror", "demoted", None, None
         self._checked_event.set()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from resolver.codec import pack_values, unpack_values
 from resolver.records import Record
+from resolver.storage.buckets import digest_buckets, root
 from resolver.values import HandleValue
 
 __all__ = ["Change", "Storage", "Write", "digest_records"]
@@ -90,26 +90,17 @@ class PackedChange:
 
 
 def digest_records(records: Iterable[tuple[str, bytes]]) -> tuple[int, str]:
-    """(count, SHA-256 hex) over ``(key, packed values)`` pairs given in key order (``Storage.digest``).
-
-    Each record adds its UTF-8 key and its ``codec.pack_values`` blob, each preceded by its length
-    (4 bytes, big-endian), so no two different record sets hash the same input. Key order is code
-    point order, which for UTF-8 is byte order: what SQLite's ``ORDER BY key`` gives.
-    """
-    digest = hashlib.sha256()
-    count = 0
-    for key, blob in records:
-        raw = key.encode("utf-8")
-        digest.update(b"".join((len(raw).to_bytes(4, "big"), raw, len(blob).to_bytes(4, "big"), blob)))
-        count += 1
-    return count, digest.hexdigest()
+    """(count, root hex) over ``(key, packed values)`` pairs in any order: what ``Storage.digest``
+    answers for those records, computed the slow way (``buckets``: the buckets and their root)."""
+    return root((bucket, count, four) for bucket, (count, four) in digest_buckets(records).items())
 
 
 class Storage(Protocol):
     """Records keyed by canonical handle (``Handle.key``, e.g. ``88.118.8/VIN-001`` or ``0.NA/88.118``).
 
-    ``write`` applies a whole batch in one transaction and appends exactly one change per write in that
-    same transaction, so the change log never disagrees with the records, even after a crash.
+    ``write`` applies a whole batch in one transaction and appends exactly one change per write that
+    changes something, in that same transaction, so the change log never disagrees with the records,
+    even after a crash; the per-prefix counts and the digest buckets are kept in it too.
     """
 
     async def get(self, key: str) -> Record | None: ...
@@ -121,35 +112,77 @@ class Storage(Protocol):
         ...
 
     async def write(self, writes: Sequence[Write], *, created: bool = False) -> int:
-        """Apply ``writes`` atomically; return the sequence number of the last change appended.
-        ``created``: the caller made sure (under its write lock) that none of the keys has a record."""
+        """Apply ``writes`` atomically; return the seq of the last change appended, or ``last_seq()`` if
+        none was: a put of exactly the values a record already has (the same packed blob) is left
+        out, with no change-log entry. ``created``: the caller made sure (under its write lock) that
+        none of the keys has a record (so nothing is compared or left out)."""
         ...
 
-    async def list_keys(self, prefix: str, *, offset: int = 0, limit: int | None = None) -> tuple[int, list[str]]:
-        """(total count, one page of keys sorted) of the records whose key is ``prefix + "/..."``."""
+    async def list_keys(
+        self, prefix: str, *, after: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[str]:
+        """Keys of the records under ``prefix`` (``"PREFIX/..."``), sorted: only those after ``after``
+        (keyset, for a cursor), then skipping ``offset`` of them (O(offset)), at most ``limit``."""
+        ...
+
+    async def count_prefix(self, prefix: str) -> int:
+        """How many records ``prefix`` holds: kept in the write transaction, O(1)."""
         ...
 
     async def prefixes(self) -> list[str]:
         """Every prefix (the part of a key before its first "/") some record is stored under, sorted."""
         ...
 
+    async def records_after(self, after_key: str, limit: int) -> list[tuple[str, bytes]]:
+        """(key, packed values as stored) of every record with key > ``after_key``, in key order, at most
+        ``limit``: a snapshot read a page at a time ("" starts at the first key)."""
+        ...
+
+    async def keys_between(self, after_key: str, upto_key: str | None, limit: int) -> list[str]:
+        """Keys with ``after_key < key <= upto_key`` (None: no upper bound) in key order, at most ``limit``."""
+        ...
+
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
-        """Change-log entries with ``seq > after`` in order, at most ``limit``."""
+        """Change-log entries with ``seq > after`` in order, at most ``limit``. Entries below ``first_seq``
+        were trimmed: a reader that needs them must start from a snapshot instead."""
         ...
 
     async def changes_packed(self, after: int, limit: int = 1000) -> list[PackedChange]:
         """``changes`` with the values as stored, not decoded."""
         ...
 
-    async def last_seq(self) -> int: ...
+    async def last_seq(self) -> int:
+        """The highest seq ever assigned (0 before the first write); trimming never lowers it."""
+        ...
+
+    async def first_seq(self) -> int:
+        """The oldest seq the log still holds; ``last_seq() + 1`` when it holds none."""
+        ...
+
+    async def trim_changes(self, below: int) -> int:
+        """Delete the change-log entries with ``seq < below``; how many were deleted."""
+        ...
+
+    async def trim_changes_older(self, seconds: float, below: int) -> int:
+        """Delete the entries older than ``seconds`` with ``seq < below``, oldest first, stopping at the
+        first younger one (the log stays one contiguous run of seqs); how many were deleted."""
+        ...
 
     async def count(self) -> int: ...
 
     async def digest(self) -> tuple[int, str]:
-        """(record count, ``digest_records`` of every record): equal data gives equal digests.
+        """(record count, root hex of the digest buckets): equal records give equal digests, whatever
+        writes made them (``buckets``). Kept in the write transaction: O(buckets), never O(records)."""
+        ...
 
-        O(records): every record is read and hashed; implementations may cache it until the next write.
-        """
+    async def digest_buckets(self) -> list[tuple[int, int, str]]:
+        """(bucket, record count, hash hex) of every non-empty bucket, in bucket order: two nodes
+        compare these to find which buckets differ."""
+        ...
+
+    async def bucket_keys(self, bucket: int, after_key: str, limit: int) -> list[str]:
+        """Keys after ``after_key`` in one digest bucket, in key order, at most ``limit`` (a scan of the
+        keys: for locating a difference, not for serving)."""
         ...
 
     async def get_meta(self, name: str) -> str | None: ...

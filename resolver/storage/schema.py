@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
 import uuid
+from collections.abc import Iterator
 
 import aiosqlite
 
 from resolver.errors import HandleError
+from resolver.storage.buckets import digest_buckets
 from resolver.storage.integrity import IDENTITY_META
 
-__all__ = ["SCHEMA_VERSION", "migrate"]
+__all__ = ["BUSY_TIMEOUT_MS", "PREFIX_OF", "SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 3
+log = logging.getLogger("idres.storage")
+
+# How long a statement waits for a lock held by another connection (another process on the same
+# file, or a checkpoint) before failing with "database is locked".
+BUSY_TIMEOUT_MS = 5_000
+
+SCHEMA_VERSION = 4
+
+# Version 4: what listings and the digest need, kept in each write's transaction
+# (resolver/storage/write_batch.py) so neither ever scans the records.
+_KEPT_TABLES = """
+CREATE TABLE IF NOT EXISTS prefix_counts (
+    prefix TEXT PRIMARY KEY,  -- the part of a key before its first "/"
+    n      INTEGER NOT NULL   -- how many records it holds (rows at 0 are removed)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS buckets (
+    -- The digest buckets (resolver/storage/buckets.py): records by CRC-32 of the key, each bucket's
+    -- count and the XOR of its records' SHA-256, as four signed 64-bit lanes.
+    bucket INTEGER PRIMARY KEY,
+    n      INTEGER NOT NULL,
+    h0 INTEGER NOT NULL, h1 INTEGER NOT NULL, h2 INTEGER NOT NULL, h3 INTEGER NOT NULL
+);
+"""
 
 _SCHEMA = f"""
 BEGIN IMMEDIATE;
@@ -38,30 +65,70 @@ CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+{_KEPT_TABLES}
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
 
 # Version 1 kept each record's prefix in a column with an index on (prefix, key): a second B-tree
 # to update on every write, for listings the primary key serves as well. Rebuilt without them.
-_UPGRADE_FROM_1 = f"""
+_UPGRADE_FROM_1 = """
 BEGIN IMMEDIATE;
 CREATE TABLE handles_v3 (key TEXT PRIMARY KEY, vals BLOB NOT NULL, seq INTEGER) WITHOUT ROWID;
 INSERT INTO handles_v3 (key, vals) SELECT key, vals FROM handles ORDER BY key;
 DROP TABLE handles;
 ALTER TABLE handles_v3 RENAME TO handles;
-PRAGMA user_version = {SCHEMA_VERSION};
+PRAGMA user_version = 3;
 COMMIT;
 """
 # Version 2 copied every put's values into the change log as well: a bulk load wrote each record
 # twice. Its change rows all hold their values, so handles.seq starts NULL (nothing to copy).
-_UPGRADE_FROM_2 = f"""
+_UPGRADE_FROM_2 = """
 BEGIN IMMEDIATE;
 ALTER TABLE handles ADD COLUMN seq INTEGER;
-PRAGMA user_version = {SCHEMA_VERSION};
+PRAGMA user_version = 3;
 COMMIT;
 """
 _UPGRADES = {1: _UPGRADE_FROM_1, 2: _UPGRADE_FROM_2}
+
+# The part of a key before its first "/" (all of a key without one, which Handle.key never makes).
+PREFIX_OF = "CASE WHEN instr(key, '/') > 0 THEN substr(key, 1, instr(key, '/') - 1) ELSE key END"
+# Records read per fetch while the buckets are computed (bounded memory at any size).
+_UPGRADE_FETCH = 10_000
+
+
+def _upgrade_from_3(location: str) -> None:
+    """Version 3 kept neither counts nor digest buckets: compute both once from the records, in one
+    transaction (at 10 million records, tens of seconds, once). Synchronous: run in a thread."""
+    conn = sqlite3.connect(location, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _KEPT_TABLES.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                f"INSERT INTO prefix_counts (prefix, n) SELECT {PREFIX_OF} AS p, count(*) FROM handles GROUP BY p"
+            )
+            cursor = conn.execute("SELECT key, vals FROM handles")
+
+            def records() -> Iterator[tuple[str, bytes]]:
+                while rows := cursor.fetchmany(_UPGRADE_FETCH):
+                    yield from rows
+
+            conn.executemany(
+                "INSERT INTO buckets (bucket, n, h0, h1, h2, h3) VALUES (?, ?, ?, ?, ?, ?)",
+                [(bucket, n, *four) for bucket, (n, four) in digest_buckets(records()).items()],
+            )
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
 
 
 async def migrate(writer: aiosqlite.Connection, location: str) -> str:
@@ -74,7 +141,7 @@ async def migrate(writer: aiosqlite.Connection, location: str) -> str:
             f"storage error: {location!r} has schema version {version}; this version "
             f"of the software understands up to {SCHEMA_VERSION}"
         )
-    if version < SCHEMA_VERSION:
+    if version in _UPGRADES or version == 0:
         try:
             # One transaction each: a crash leaves the old version and no half-made schema.
             await writer.executescript(_UPGRADES.get(version, _SCHEMA))
@@ -82,6 +149,10 @@ async def migrate(writer: aiosqlite.Connection, location: str) -> str:
             if writer.in_transaction:
                 await writer.execute("ROLLBACK")
             raise
+    rows = list(await writer.execute_fetchall("PRAGMA user_version"))
+    if int(rows[0][0]) == 3:
+        log.info("upgrading %s to schema version %d: counting records per prefix and per digest bucket", location, 4)
+        await asyncio.to_thread(_upgrade_from_3, location)
     rows = list(await writer.execute_fetchall("SELECT value FROM meta WHERE name = ?", (IDENTITY_META,)))
     if rows:
         return str(rows[0][0])

@@ -10,15 +10,15 @@ import os
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from itertools import chain
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from resolver.codec import unpack_values
 from resolver.errors import HandleError, ServerBusy
 from resolver.records import Record
-from resolver.storage.base import Change, PackedChange, Write, digest_records
+from resolver.storage.base import Change, PackedChange, Write
+from resolver.storage.buckets import bucket_of_key, lanes_hex, root
 from resolver.storage.integrity import (
     QUICK_CHECK_SECONDS,
     WHAT_TO_DO,
@@ -28,19 +28,19 @@ from resolver.storage.integrity import (
     refuse_emptied,
     write_marker,
 )
-from resolver.storage.schema import SCHEMA_VERSION, migrate
+from resolver.storage.read_pool import READERS, ReadPool
+from resolver.storage.record_cache import MAX_CACHED_RECORDS, RecordCache
+from resolver.storage.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate
+from resolver.storage.write_batch import commit
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
 _T = TypeVar("_T")
 log = logging.getLogger("idres.storage")
 
-# How long a statement waits for a lock held by another connection (another process on the same
-# file, or a checkpoint) before failing with "database is locked".
-BUSY_TIMEOUT_MS = 5_000
 # SQLite >= 3.32 allows 32,766 bound variables per statement, older builds 999: 900 fits both.
 _IN_CHUNK = 900
-# Page cache per connection (SQLite's default is 2 MiB): enough for the interior pages of a few
+# Page cache of the writer (SQLite's default is 2 MiB): enough for the interior pages of a few
 # million keys, so bulk loads and existence checks do not reread them from the OS. A limit, not an
 # allocation: an idle node uses little of it.
 CACHE_KIB = 32_768
@@ -53,55 +53,14 @@ CHECKPOINT_SECONDS = 1.0
 WAL_AUTOCHECKPOINT_PAGES = 65_536  # 256 MiB
 JOURNAL_SIZE_LIMIT = 64 * 1_048_576  # the WAL file is truncated back to this after a checkpoint
 _SYNCHRONOUS = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
-
-# Before records change: the change rows that left their values to them (the keys' latest puts)
-# get a copy, so the log keeps reading as written (a JSON array of keys, one parameter).
-_KEEP_HISTORY = (
-    "UPDATE changes SET vals = (SELECT h.vals FROM handles AS h WHERE h.key = changes.key) "
-    "WHERE seq IN (SELECT h.seq FROM json_each(?) AS j JOIN handles AS h ON h.key = j.value WHERE h.seq IS NOT NULL)"
-)
-# How many keys one _KEEP_HISTORY statement takes.
-_KEEP_CHUNK = 10_000
-
-_DELETE = "DELETE FROM handles WHERE key = ?"
-# Records and change rows are inserted ROWS_PER_STATEMENT at a time by one multi-row statement: a
-# quarter less CPU than one statement per row (each execution has its own setup and, for the log,
-# its own sqlite_sequence update). 200 change rows bind 800 variables, under old SQLite's 999.
-ROWS_PER_STATEMENT = 4000
-
-
-def _insert(rows: int, head: str, width: int, tail: str = "") -> str:
-    return head + ",".join(["(" + ",".join("?" * width) + ")"] * rows) + tail
-
-
-def _upsert(rows: int) -> str:
-    """Records ``(key, vals, offset)``; parameter 1 is the batch's first seq, and each record's seq is
-    that plus the offset of the change that wrote it."""
-    marks = ",".join(f"(?{3 * i + 2},?{3 * i + 3},?1+?{3 * i + 4})" for i in range(rows))
-    return (
-        f"INSERT INTO handles (key, vals, seq) VALUES {marks} "
-        "ON CONFLICT (key) DO UPDATE SET vals = excluded.vals, seq = excluded.seq"
-    )
-
-
-def _append(rows: int) -> str:
-    return _insert(rows, "INSERT INTO changes (key, op, vals, ts) VALUES ", 4)
-
-
-_UPSERT_FULL, _APPEND_FULL = _upsert(ROWS_PER_STATEMENT), _append(ROWS_PER_STATEMENT)
-
-
-def _split(rows: Sequence[tuple[Any, ...]], *, keep_last: bool = False) -> tuple[list[list[Any]], list[Any], int]:
-    """``rows`` as the flat parameters of full ROWS_PER_STATEMENT statements, plus those of the rest
-    and its row count; with ``keep_last`` the rest is never empty (its statement gives the last rowid)."""
-    n = ROWS_PER_STATEMENT
-    full = (len(rows) - 1) // n * n if keep_last else len(rows) // n * n
-    chunks = [list(chain.from_iterable(rows[i : i + n])) for i in range(0, full, n)]
-    return chunks, list(chain.from_iterable(rows[full:])), len(rows) - full
-
-
-# The part of a key before its first "/" (all of a key without one, which Handle.key never makes).
-_PREFIX_OF = "CASE WHEN instr(key, '/') > 0 THEN substr(key, 1, instr(key, '/') - 1) ELSE key END"
+# A read that may visit more rows than this (OFFSET + LIMIT, or no LIMIT) runs on the scan
+# connection. At ~0.5 µs a key, 20,000 is ~10 ms: the longest a short-read connection is held, and
+# enough for a whole listing page (nodes.authoritative.authority.MAX_LIST_PAGE) from a cursor.
+SHORT_READ_ROWS = 20_000
+# Change-log rows deleted per transaction when trimming: ~50 ms each, so writes wait no longer.
+TRIM_CHUNK = 50_000
+# The SQL function bucket_keys() filters by (registered on the scan connection).
+_BUCKET_FUNCTION = "idres_bucket"
 
 
 def _key_range(prefix: str) -> tuple[str, str]:
@@ -113,42 +72,31 @@ def _storage_error(exc: BaseException) -> HandleError:
     return HandleError(f"storage error: {exc}")
 
 
-def _digest_file(location: str) -> tuple[int, int, str]:
-    """(last seq, count, digest) of the database at ``location``, read in one transaction."""
-    conn = sqlite3.connect(location, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA query_only = ON")
-        conn.execute("BEGIN")
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'changes'").fetchone()
-        count, digest = digest_records(conn.execute("SELECT key, vals FROM handles ORDER BY key"))
-        conn.execute("COMMIT")
-        return (int(row[0]) if row else 0), count, digest
-    finally:
-        conn.close()
-
-
 class SQLiteStorage:
-    """``Storage`` on one SQLite file in WAL mode: one connection writes, another reads, a third
-    checkpoints the WAL in the background (``CHECKPOINT_SECONDS``).
+    """``Storage`` on one SQLite file in WAL mode: one connection writes, several read (``ReadPool``:
+    short reads on whichever is free, long scans on one of their own), one checkpoints the WAL in
+    the background (``CHECKPOINT_SECONDS``), and a ``RecordCache`` answers hot records from memory.
 
-    Every ``write`` is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction holding both the records
-    and their change-log rows, so after a crash the log and the records always agree.
+    Every ``write`` is one ``BEGIN IMMEDIATE`` ... ``COMMIT`` transaction holding the records, their
+    change-log rows, the per-prefix counts and the digest buckets (``write_batch``), so after a
+    crash they all agree. The cache assumes this object is the file's only writer while it is open.
     """
 
     def __init__(
         self,
         location: str,
         writer: aiosqlite.Connection,
-        reader: aiosqlite.Connection,
+        readers: ReadPool,
         checkpointer: aiosqlite.Connection,
+        cache: RecordCache,
     ) -> None:
         """Use ``SQLiteStorage.open``; this takes the connections set up by it."""
         self._location = location
         self._damage_logged = False
         self._writer = writer
-        self._reader = reader
+        self._readers = readers
         self._checkpointer = checkpointer
+        self.cache = cache
         self._written = False  # since the last checkpoint
         self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="sqlite-checkpoints")
         # The writer connection is shared state: a statement issued while another coroutine is
@@ -156,7 +104,6 @@ class SQLiteStorage:
         # this lock.
         self._write_lock = asyncio.Lock()
         self._closed = False
-        self._digest: tuple[int, int, str] | None = None  # (last_seq it was computed at, count, digest)
 
     @classmethod
     async def open(
@@ -165,8 +112,11 @@ class SQLiteStorage:
         *,
         synchronous: str = "NORMAL",
         check_seconds: float | None = QUICK_CHECK_SECONDS,
+        readers: int = READERS,
+        cache_records: int = MAX_CACHED_RECORDS,
     ) -> SQLiteStorage:
-        """Open (creating if needed) the database at ``path``; ``synchronous`` is the PRAGMA level.
+        """Open (creating if needed) the database at ``path``; ``synchronous`` is the PRAGMA level,
+        ``readers`` the number of short-read connections, ``cache_records`` the record cache's size.
 
         A file SQLite finds damaged is refused (``PRAGMA quick_check``, cut short and logged past
         ``check_seconds``; None: no limit), and so is a missing or empty file that a node used before
@@ -185,7 +135,7 @@ class SQLiteStorage:
         location = os.fspath(path)
         await cls._check(location, check_seconds)
         writer: aiosqlite.Connection | None = None
-        reader: aiosqlite.Connection | None = None
+        pool: ReadPool | None = None
         checkpointer: aiosqlite.Connection | None = None
         try:
             # isolation_level=None: autocommit, so the sqlite3 module never opens a transaction
@@ -194,7 +144,7 @@ class SQLiteStorage:
             await writer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             rows = list(await writer.execute_fetchall("PRAGMA journal_mode = WAL"))
             if not rows or str(rows[0][0]).lower() != "wal":
-                # e.g. ":memory:": the reader would see a different (empty) database.
+                # e.g. ":memory:": the readers would see a different (empty) database.
                 raise HandleError(
                     f"storage error: {location!r} cannot use WAL journaling "
                     f"(journal_mode is {rows[0][0] if rows else None!r}); give a file path"
@@ -204,22 +154,23 @@ class SQLiteStorage:
             await writer.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             await writer.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             identity = await migrate(writer, location)
-            reader = await aiosqlite.connect(location, isolation_level=None)
-            await reader.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await reader.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            # The reader never writes; make a mistake there fail instead of racing the writer.
-            await reader.execute("PRAGMA query_only = ON")
+            pool = await ReadPool.open(
+                location, readers, busy_timeout_ms=BUSY_TIMEOUT_MS, functions=[(_BUCKET_FUNCTION, 1, bucket_of_key)]
+            )
             checkpointer = await aiosqlite.connect(location, isolation_level=None)
             await checkpointer.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             write_marker(location, identity)
         except BaseException as exc:
-            for conn in (checkpointer, reader, writer):
-                if conn is not None:
-                    await conn.close()
+            if checkpointer is not None:
+                await checkpointer.close()
+            if pool is not None:
+                await pool.close()
+            if writer is not None:
+                await writer.close()
             if isinstance(exc, sqlite3.Error | ValueError | OSError):
                 raise HandleError(f"storage error: cannot open {location!r}: {exc}") from exc
             raise
-        return cls(location, writer, reader, checkpointer)
+        return cls(location, writer, pool, checkpointer, RecordCache(max_records=cache_records))
 
     @staticmethod
     async def _check(location: str, seconds: float | None) -> None:
@@ -257,26 +208,43 @@ class SQLiteStorage:
             except (sqlite3.Error, ValueError) as exc:
                 log.warning("background WAL checkpoint failed (a commit will do it later): %s", exc)
 
-    # -- reads: on the reader connection, each statement sees the latest committed state ----------
+    # -- reads: on the read connections, each statement sees the latest committed state -----------
 
-    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def _read(self, sql: str, params: Iterable[Any] = (), *, scan: bool = False) -> list[sqlite3.Row]:
+        if self._closed:
+            raise _storage_error(ValueError("Connection closed"))
         try:
-            return list(await self._reader.execute_fetchall(sql, tuple(params)))
+            return await self._readers.fetch(sql, params, scan=scan)
         except (sqlite3.Error, ValueError) as exc:
             # aiosqlite raises ValueError once the connection is closed.
             raise self._failed(exc) from exc
 
     async def get(self, key: str) -> Record | None:
-        rows = await self._read("SELECT vals FROM handles WHERE key = ?", (key,))
-        return Record(key, unpack_values(rows[0][0])) if rows else None
+        blob = self.cache.get(key)
+        if blob is None:
+            generation = self.cache.generation
+            rows = await self._read("SELECT vals FROM handles WHERE key = ?", (key,))
+            if not rows:
+                return None
+            blob = rows[0][0]
+            self.cache.put(key, blob, generation)
+        return Record(key, unpack_values(blob))
 
     async def get_many(self, keys: Sequence[str]) -> dict[str, Record]:
-        wanted = list(dict.fromkeys(keys))
         found: dict[str, Record] = {}
+        wanted: list[str] = []
+        for key in dict.fromkeys(keys):
+            blob = self.cache.get(key)
+            if blob is None:
+                wanted.append(key)
+            else:
+                found[key] = Record(key, unpack_values(blob))
         for start in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[start : start + _IN_CHUNK]
             marks = ",".join("?" * len(chunk))
+            generation = self.cache.generation
             for key, vals in await self._read(f"SELECT key, vals FROM handles WHERE key IN ({marks})", chunk):
+                self.cache.put(key, vals, generation)
                 found[key] = Record(key, unpack_values(vals))
         return found
 
@@ -291,31 +259,45 @@ class SQLiteStorage:
         )
         return {row[0] for row in rows}
 
-    async def list_keys(self, prefix: str, *, offset: int = 0, limit: int | None = None) -> tuple[int, list[str]]:
-        # The window count is taken before LIMIT/OFFSET, so total and page come from one statement
-        # (one snapshot, one round trip); only a page past the end needs a separate count.
+    async def list_keys(
+        self, prefix: str, *, after: str | None = None, offset: int = 0, limit: int | None = None
+    ) -> list[str]:
+        # A range scan of the primary key from the start or from ``after`` (keyset): cost grows with
+        # OFFSET + LIMIT only, never with the prefix's size. Long ones take the scan connection.
         low, high = _key_range(prefix)
+        offset = max(offset, 0)
+        lower = "key > ?" if after is not None and after >= low else "key >= ?"
         rows = await self._read(
-            "SELECT key, count(*) OVER () FROM handles WHERE key >= ? AND key < ? ORDER BY key LIMIT ? OFFSET ?",
-            (low, high, -1 if limit is None else max(limit, 0), max(offset, 0)),
+            f"SELECT key FROM handles WHERE {lower} AND key < ? ORDER BY key LIMIT ? OFFSET ?",
+            (after if lower == "key > ?" else low, high, -1 if limit is None else max(limit, 0), offset),
+            scan=limit is None or offset + limit > SHORT_READ_ROWS,
         )
-        if rows:
-            return int(rows[0][1]), [row[0] for row in rows]
-        total = await self._read("SELECT count(*) FROM handles WHERE key >= ? AND key < ?", (low, high))
-        return int(total[0][0]), []
+        return [row[0] for row in rows]
+
+    async def count_prefix(self, prefix: str) -> int:
+        rows = await self._read("SELECT n FROM prefix_counts WHERE prefix = ?", (prefix,))
+        return int(rows[0][0]) if rows else 0
 
     async def prefixes(self) -> list[str]:
-        # A skip-scan of the primary key: one probe per distinct prefix, not one per record. After
-        # prefix P's first key, the next prefix starts at the first key >= 'P0' (see _key_range).
         # Key order is not prefix order ("88.118/x" < "88/x"), hence the sort.
+        return sorted(str(row[0]) for row in await self._read("SELECT prefix FROM prefix_counts WHERE n > 0"))
+
+    async def records_after(self, after_key: str, limit: int) -> list[tuple[str, bytes]]:
         rows = await self._read(
-            f"WITH RECURSIVE p(prefix) AS (SELECT {_PREFIX_OF} FROM (SELECT min(key) AS key FROM handles) "
-            "WHERE key IS NOT NULL UNION ALL "
-            f"SELECT (SELECT {_PREFIX_OF} FROM handles WHERE key >= p.prefix || '0' ORDER BY key LIMIT 1) "
-            "FROM p WHERE p.prefix IS NOT NULL) "
-            "SELECT prefix FROM p WHERE prefix IS NOT NULL"
+            "SELECT key, vals FROM handles WHERE key > ? ORDER BY key LIMIT ?",
+            (after_key, max(limit, 0)),
+            scan=limit > SHORT_READ_ROWS,
         )
-        return sorted(str(row[0]) for row in rows)
+        return [(str(key), bytes(vals)) for key, vals in rows]
+
+    async def keys_between(self, after_key: str, upto_key: str | None, limit: int) -> list[str]:
+        upper, params = ("", (after_key,)) if upto_key is None else (" AND key <= ?", (after_key, upto_key))
+        rows = await self._read(
+            f"SELECT key FROM handles WHERE key > ?{upper} ORDER BY key LIMIT ?",
+            (*params, max(limit, 0)),
+            scan=limit > SHORT_READ_ROWS,
+        )
+        return [row[0] for row in rows]
 
     async def changes(self, after: int, limit: int = 1000) -> list[Change]:
         return [
@@ -331,33 +313,47 @@ class SQLiteStorage:
             "FROM changes AS c WHERE c.seq > ? ORDER BY c.seq LIMIT ?",
             (after, max(limit, 0)),
         )
-        return [PackedChange(seq, key, op, vals if op == "put" else None, ts) for seq, key, op, vals, ts in rows]
+        changes = []
+        for seq, key, op, vals, ts in rows:
+            if op == "put" and vals is None:  # the layout above guarantees it never happens
+                raise HandleError(f"storage error: change {seq} ({key}) has lost its values")
+            changes.append(PackedChange(seq, key, op, vals if op == "put" else None, ts))
+        return changes
 
     async def last_seq(self) -> int:
         # sqlite_sequence holds the highest seq ever assigned, even if the log is trimmed later.
         rows = await self._read("SELECT seq FROM sqlite_sequence WHERE name = 'changes'")
         return int(rows[0][0]) if rows else 0
 
-    async def count(self) -> int:
-        rows = await self._read("SELECT count(*) FROM handles")
+    async def first_seq(self) -> int:
+        rows = await self._read(
+            "SELECT coalesce((SELECT min(seq) FROM changes), "
+            "(SELECT seq FROM sqlite_sequence WHERE name = 'changes') + 1, 1)"
+        )
         return int(rows[0][0])
 
-    async def digest(self) -> tuple[int, str]:
-        """Cached until the next write (keyed by ``last_seq``: every write appends to the log).
+    async def count(self) -> int:
+        rows = await self._read("SELECT coalesce(sum(n), 0) FROM prefix_counts")
+        return int(rows[0][0])
 
-        Computed in a worker thread on a connection of its own, one statement in one read
-        transaction, so the O(records) pass stalls neither the event loop nor other reads.
-        """
-        seq = await self.last_seq()
-        if self._digest is not None and self._digest[0] == seq:
-            return self._digest[1], self._digest[2]
-        rows = await self._read("SELECT file FROM pragma_database_list WHERE name = 'main'")
-        try:
-            computed = await asyncio.to_thread(_digest_file, str(rows[0][0]))
-        except sqlite3.Error as exc:
-            raise self._failed(exc) from exc
-        self._digest = computed
-        return computed[1], computed[2]
+    async def _buckets(self) -> list[tuple[int, int, tuple[int, int, int, int]]]:
+        rows = await self._read("SELECT bucket, n, h0, h1, h2, h3 FROM buckets WHERE n > 0 ORDER BY bucket")
+        return [(bucket, n, (h0, h1, h2, h3)) for bucket, n, h0, h1, h2, h3 in rows]
+
+    async def digest(self) -> tuple[int, str]:
+        """One read of the ``BUCKETS`` bucket rows, kept by every write: a few milliseconds at any size."""
+        return root(await self._buckets())
+
+    async def digest_buckets(self) -> list[tuple[int, int, str]]:
+        return [(bucket, n, lanes_hex(four)) for bucket, n, four in await self._buckets()]
+
+    async def bucket_keys(self, bucket: int, after_key: str, limit: int) -> list[str]:
+        rows = await self._read(
+            f"SELECT key FROM handles WHERE key > ? AND {_BUCKET_FUNCTION}(key) = ? ORDER BY key LIMIT ?",
+            (after_key, bucket, max(limit, 0)),
+            scan=True,
+        )
+        return [row[0] for row in rows]
 
     async def get_meta(self, name: str) -> str | None:
         rows = await self._read("SELECT value FROM meta WHERE name = ?", (name,))
@@ -379,66 +375,53 @@ class SQLiteStorage:
             return await self.last_seq()
         # Encode before taking the lock: the transaction holds the file's write lock, keep it short.
         # A Write built from its blob (Write.packed) is not encoded again.
+        keys: list[str] = []
         blobs: list[bytes | None] = []
         for w in writes:
             try:
                 blobs.append(w.blob)
             except (TypeError, ValueError, OverflowError) as exc:
                 raise HandleError(f"storage error: cannot encode the values of {w.key!r}: {exc}") from exc
+            keys.append(w.key)
         ts = int(time.time())
-        # Later writes to a key win, so only each key's final state touches the records table; every
-        # write still gets its own change row, in order. A key's final put leaves its values to the
-        # record (vals NULL, handles.seq pointing at it); an earlier one in the same batch keeps a copy.
-        final: dict[str, int] = {}
-        for i, w in enumerate(writes):
-            final[w.key] = i
-        deletes = [(key,) for key, i in final.items() if blobs[i] is None]
-        puts = [(key, blobs[i], i) for key, i in final.items() if blobs[i] is not None]
-        log: list[tuple[str, Literal["put", "delete"], bytes | None, int]] = [
-            (w.key, "delete" if blob is None else "put", None if final[w.key] == i else blob, ts)
-            for i, (w, blob) in enumerate(zip(writes, blobs, strict=True))
-        ]
-        put_chunks, put_rest, put_rest_rows = _split(puts)
-        log_chunks, log_rest, log_rest_rows = _split(log, keep_last=True)
-        # Keys whose latest change may have left its values to the record; none if the caller
-        # checked under its write lock that every key is new (``created``).
-        changed = [] if created else list(final)
 
         async def transaction() -> int:
-            # Each awaited aiosqlite call is a thread hop (~65 µs), so a batch of any size costs a
-            # handful: BEGIN, history copies, next seq, deletes, upserts, log inserts, COMMIT.
-            db = self._writer
-            await db.execute("BEGIN IMMEDIATE")
             try:
-                for start in range(0, len(changed), _KEEP_CHUNK):
-                    await db.execute(_KEEP_HISTORY, (json.dumps(changed[start : start + _KEEP_CHUNK]),))
-                # AUTOINCREMENT gives the next rows sqlite_sequence's seq + 1, + 2...: this batch's
-                # seqs are known before they are inserted (and checked after).
-                rows = list(await db.execute_fetchall("SELECT seq FROM sqlite_sequence WHERE name = 'changes'"))
-                first = (int(rows[0][0]) if rows else 0) + 1
-                if deletes:
-                    await db.executemany(_DELETE, deletes)
-                if put_chunks:
-                    await db.executemany(_UPSERT_FULL, [[first, *chunk] for chunk in put_chunks])
-                if put_rest_rows:
-                    await db.execute(_upsert(put_rest_rows), [first, *put_rest])
-                if log_chunks:
-                    await db.executemany(_APPEND_FULL, log_chunks)
-                # execute_insert returns last_insert_rowid() in the same hop: the batch's last seq.
-                row = await db.execute_insert(_append(log_rest_rows), log_rest)
-                if row is None or int(row[0]) != first + len(log) - 1:
-                    raise HandleError(f"storage error: the change log did not number this batch from {first}")
-                await db.execute("COMMIT")
-            except BaseException:
-                # Report the error that broke the transaction, not a failure to roll it back (on a
-                # connection that is gone, say); some errors (SQLITE_FULL) already rolled it back.
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    if db.in_transaction:
-                        await db.execute("ROLLBACK")
-                raise
-            return int(row[0])
+                seq, _ = await commit(self._writer, keys, blobs, created=created, ts=ts)
+            finally:
+                # Whether it committed or not (a failed COMMIT may still have): reads that started
+                # before this point must not cache what they found (RecordCache.generation). Keys
+                # that had no record (``created``) cannot be cached: nothing of them to forget.
+                self.cache.invalidate(() if created else keys)
+            return seq
 
         return await self._locked(transaction)
+
+    async def trim_changes(self, below: int) -> int:
+        """In transactions of ``TRIM_CHUNK`` rows, so writes wait at most one chunk."""
+        deleted = 0
+        while True:
+
+            async def chunk() -> int:
+                cursor = await self._writer.execute(
+                    "DELETE FROM changes WHERE seq < min(?, (SELECT min(seq) FROM changes) + ?)", (below, TRIM_CHUNK)
+                )
+                return int(cursor.rowcount)
+
+            done = await self._locked(chunk)
+            deleted += done
+            if done == 0:
+                return deleted
+
+    async def trim_changes_older(self, seconds: float, below: int) -> int:
+        # The first entry young enough to keep bounds the trim: found by reading the log from its
+        # start (O(entries trimmed); the log has no index on ts).
+        rows = await self._read(
+            "SELECT seq FROM changes WHERE seq < ? AND ts >= ? ORDER BY seq LIMIT 1",
+            (below, int(time.time() - seconds)),
+            scan=True,
+        )
+        return await self.trim_changes(int(rows[0][0]) if rows else below)
 
     async def _locked(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         async def run() -> _T:
@@ -469,9 +452,10 @@ class SQLiteStorage:
                 await self._checkpointer.close()
             finally:
                 try:
-                    await self._reader.close()
+                    await self._readers.close()
                 finally:
                     await self._writer.close()
+        self.cache.clear()
 
     def __repr__(self) -> str:
         return f"<SQLiteStorage {'closed' if self._closed else 'open'}>"

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
+from nodes.authoritative import authority as authority_module
 from nodes.authoritative.app import AuthoritativeConfig, create_app
 from resolver.bodies import not_found_body, values_not_found_body
 from resolver.config import Limits
@@ -292,8 +293,49 @@ async def test_listing_needs_credentials_and_pages(node: Node) -> None:
         "GET", "/api/handles", params={"prefix": "88.118", "page": "1", "pageSize": "2"}, headers=auth(OP)
     )
     assert status == 200 and body["totalCount"] == "5" and body["handles"] == ["88.118/L2", "88.118/L3"]
+    assert body["next"] == "88.118/L3"  # more follow
     status, body = await node.call("GET", "/api/handles", params={"prefix": "0.NA/88.118"}, headers=auth(OP))
-    assert body["totalCount"] == "5" and "88.118.9/OTHER" not in body["handles"]
+    assert body["totalCount"] == "5" and "88.118.9/OTHER" not in body["handles"] and "next" not in body
+
+
+async def test_listing_pages_by_cursor_and_bounds_every_page(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(authority_module, "MAX_LIST_PAGE", 4)
+    names = [f"88.118/C{i}" for i in range(10)]
+    for name in names:
+        await node.put(name, CAR[:1])
+
+    async def listing(**params: str) -> dict[str, Any]:
+        status, body = await node.call("GET", "/api/handles", params={"prefix": "88.118", **params}, headers=auth(OP))
+        assert status == 200 and body["responseCode"] == 1 and body["totalCount"] == "10"
+        return dict(body)
+
+    # Following "next" with after= walks every handle once, pageSize at a time.
+    seen: list[str] = []
+    body = await listing(page="0", pageSize="3")
+    while True:
+        seen += body["handles"]
+        if "next" not in body:
+            break
+        assert body["next"] == body["handles"][-1]
+        body = await listing(after=body["next"], pageSize="3")
+    assert seen == names
+    # page counts from the cursor; no page at all, or a pageSize above the bound, gives at most the bound.
+    assert (await listing(after="88.118/C2", page="1", pageSize="3"))["handles"] == names[6:9]
+    everything = await listing()
+    assert everything["handles"] == names[:4] and everything["next"] == "88.118/C3"
+    assert (await listing(after=everything["next"]))["handles"] == names[4:8]
+    big = await listing(page="0", pageSize="100")
+    assert big["handles"] == names[:4] and big["next"] == "88.118/C3" and big["pageSize"] == 100
+    # The last page, and pages past the end, say no more follow.
+    assert "next" not in await listing(after="88.118/C5", pageSize="4")
+    assert await listing(page="7", pageSize="3") == {
+        "responseCode": 1,
+        "prefix": "88.118",
+        "totalCount": "10",
+        "handles": [],
+        "page": 7,
+        "pageSize": 3,
+    }
 
 
 async def test_msgpack_both_ways(node: Node) -> None:

@@ -33,9 +33,11 @@ def url_value(url: str) -> list[dict[str, Any]]:
     return [{"index": 1, "type": "URL", "data": {"format": "string", "value": url}}]
 
 
-def two_nodes(*, sync: bool = False, primary: str = "primary", mirrors: tuple[str, ...] = ("mirror",)) -> Topology:
-    """A primary owning 88 and its mirrors, on free ports."""
-    spec: dict[str, Any] = {"role": "top", "prefix": "88", "listen": f"127.0.0.1:{free_port()}"}
+def two_nodes(
+    *, sync: bool = False, primary: str = "primary", mirrors: tuple[str, ...] = ("mirror",), **options: Any
+) -> Topology:
+    """A primary owning 88 and its mirrors, on free ports; ``options`` go into the primary's spec."""
+    spec: dict[str, Any] = {"role": "top", "prefix": "88", "listen": f"127.0.0.1:{free_port()}", **options}
     if sync:
         spec["sync_mirrors"] = True
     nodes = {primary: spec}
@@ -51,8 +53,9 @@ class ReplicatedNode(LocalNode):
     ) -> tuple[int, Any]:
         return await super().put(handle, values, identity, secret, **params)
 
-    async def status(self) -> dict[str, Any]:
-        code, body = await self.call("GET", "/api/replication/status")
+    async def status(self, *, operator: bool = False) -> dict[str, Any]:
+        """The replication status; with the operator's credentials it carries the records and the digest."""
+        code, body = await self.call("GET", "/api/replication/status", headers=auth(OP) if operator else None)
         assert code == 200, f"status of {self.name}: {code} {body}"
         result: dict[str, Any] = body
         return result
@@ -66,7 +69,7 @@ class ReplicatedNode(LocalNode):
     async def records(self) -> dict[str, Record]:
         """Every record the node stores (under 0.NA and 88, all this topology has)."""
         store = self.app[AUTHORITY].store
-        keys = [k for prefix in ("0.NA", "88") for k in (await store.list_keys(prefix))[1]]
+        keys = [k for prefix in ("0.NA", "88") for k in await store.list_keys(prefix)]
         return await store.get_many(keys)
 
 
@@ -93,7 +96,7 @@ class Pair:
         return code == status
 
     async def same_digest(self) -> bool:
-        primary, mirror = await self.primary.status(), await self.mirror.status()
+        primary, mirror = await self.primary.status(operator=True), await self.mirror.status(operator=True)
         return bool(primary["digest"] == mirror["digest"]) and mirror["appliedSeq"] == primary["lastSeq"]
 
 

@@ -119,7 +119,7 @@ async def test_snapshot_streams_every_record_with_its_secret_hashed(pair: Pair) 
 async def test_status_reports_roles_epochs_sequence_numbers_lag_and_a_digest(pair: Pair) -> None:
     await pair.primary.put("88/x", url_value("https://example.cn/x"))
     await eventually(pair.same_digest, 5, "the mirror holds what the primary holds")
-    primary, mirror = await pair.primary.status(), await pair.mirror.status()
+    primary, mirror = await pair.primary.status(operator=True), await pair.mirror.status(operator=True)
     assert primary["role"] == "primary" and primary["epoch"] == 0 and primary["writable"] is True
     assert primary["roleSource"] == "topology" and "note" not in primary and primary["syncMirrors"] is False
     assert primary["records"] == mirror["records"] == 2 and len(primary["digest"]) == 64
@@ -131,7 +131,7 @@ async def test_status_reports_roles_epochs_sequence_numbers_lag_and_a_digest(pai
     assert mirror["message"] == f"mirror is a mirror of primary and refuses writes; send them to {pair.primary.url}"
     # The mirror's own log holds what it applied: a node can be followed by a mirror of its own.
     assert mirror["lastSeq"] >= 2
-    _, light = await pair.primary.call("GET", "/api/replication/status", params={"digest": "false"})
+    _, light = await pair.primary.call("GET", "/api/replication/status", params={"digest": "false"}, headers=auth(OP))
     assert "digest" not in light and light["epoch"] == 0
 
 

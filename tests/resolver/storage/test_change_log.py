@@ -7,11 +7,13 @@ import asyncio
 import hashlib
 import random
 import time
+import zlib
 from pathlib import Path
 
 from resolver.codec import pack_values
 from resolver.records import Record
-from resolver.storage.base import Storage, Write
+from resolver.storage.base import Storage, Write, digest_records
+from resolver.storage.buckets import BUCKETS
 from resolver.storage.sqlite import SQLiteStorage
 from resolver.values import HandleValue
 from tests.fakes import MemoryStorage
@@ -130,7 +132,8 @@ async def test_prefixes_lists_each_prefix_holding_a_record_once(storage: Storage
 
 
 async def test_digest_covers_every_record_and_not_the_order_of_writes(storage: Storage) -> None:
-    empty = (0, hashlib.sha256().hexdigest())
+    empty = digest_records([])
+    assert empty == (0, hashlib.sha256(bytes(40 * BUCKETS)).hexdigest())
     assert await storage.digest() == empty
     await storage.write([Write("88/b", url(2)), Write("88/a", url(1)), Write("0.NA/88", EVERY_FORMAT)])
     count, first = await storage.digest()
@@ -146,14 +149,24 @@ async def test_digest_covers_every_record_and_not_the_order_of_writes(storage: S
     assert await storage.digest() == empty
 
 
-async def test_digest_is_sha256_over_length_prefixed_keys_and_blobs_in_key_order(storage: Storage) -> None:
-    records = {"88/x": url("x"), "88.1/y": url("y"), "88/é": url("e")}  # "88.1/y" sorts before "88/x"
+async def test_digest_is_sha256_over_buckets_of_xored_record_hashes(storage: Storage) -> None:
+    records = {"88/x": url("x"), "88.1/y": url("y"), "88/é": url("e")}
     await storage.write([Write(k, v) for k, v in records.items()])
+    buckets: dict[int, tuple[int, int]] = {}
+    for key, values in records.items():
+        raw, blob = key.encode(), pack_values(values)
+        record = hashlib.sha256(len(raw).to_bytes(4, "big") + raw + len(blob).to_bytes(4, "big") + blob).digest()
+        bucket = zlib.crc32(raw) % BUCKETS
+        count, xor = buckets.get(bucket, (0, 0))
+        buckets[bucket] = (count + 1, xor ^ int.from_bytes(record, "big"))
     expected = hashlib.sha256()
-    for key in sorted(records):
-        raw, blob = key.encode(), pack_values(records[key])
-        expected.update(len(raw).to_bytes(4, "big") + raw + len(blob).to_bytes(4, "big") + blob)
+    for bucket in range(BUCKETS):
+        count, xor = buckets.get(bucket, (0, 0))
+        expected.update(count.to_bytes(8, "big") + xor.to_bytes(32, "big"))
     assert await storage.digest() == (3, expected.hexdigest())
+    assert await storage.digest_buckets() == [
+        (bucket, count, xor.to_bytes(32, "big").hex()) for bucket, (count, xor) in sorted(buckets.items())
+    ]
 
 
 async def test_sqlite_and_memory_agree_on_the_digest(tmp_path: Path) -> None:

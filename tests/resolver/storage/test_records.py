@@ -51,7 +51,8 @@ async def test_delete_removes_the_record(storage: Storage) -> None:
     assert await storage.get("88.118.8/a") is None
     assert await storage.get("88.118.8/b") == Record("88.118.8/b", url("b"))
     assert await storage.count() == 1
-    assert await storage.list_keys("88.118.8") == (1, ["88.118.8/b"])
+    assert await storage.list_keys("88.118.8") == ["88.118.8/b"]
+    assert await storage.count_prefix("88.118.8") == 1
 
 
 async def test_deleting_a_missing_key_is_still_logged(storage: Storage) -> None:
@@ -94,27 +95,49 @@ async def test_list_keys_pages_through_one_prefix_in_key_order(storage: Storage)
     ]
     await storage.write([Write(k, url(k)) for k in shuffled + others])
 
-    assert await storage.list_keys("88.118.8", limit=10) == (25, names[:10])
-    assert await storage.list_keys("88.118.8", offset=10, limit=10) == (25, names[10:20])
-    assert await storage.list_keys("88.118.8", offset=20, limit=10) == (25, names[20:])
-    assert await storage.list_keys("88.118.8", offset=30, limit=10) == (25, [])
-    assert await storage.list_keys("88.118.8") == (25, names)
-    assert await storage.list_keys("88.118.8", offset=24) == (25, names[24:])
-    # Neighbouring prefixes never leak into each other's listings.
-    assert await storage.list_keys("88.118.80") == (2, ["88.118.80/item-00", "88.118.80/item-01"])
-    assert await storage.list_keys("88.118") == (1, ["88.118/top"])
-    assert await storage.list_keys("0.NA") == (1, ["0.NA/88.118.8"])
-    assert await storage.list_keys("88.118.8.1") == (1, ["88.118.8.1/sub"])
-    assert await storage.list_keys("99.999") == (0, [])
+    assert await storage.list_keys("88.118.8", limit=10) == names[:10]
+    assert await storage.list_keys("88.118.8", offset=10, limit=10) == names[10:20]
+    assert await storage.list_keys("88.118.8", offset=20, limit=10) == names[20:]
+    assert await storage.list_keys("88.118.8", offset=30, limit=10) == []
+    assert await storage.list_keys("88.118.8") == names
+    assert await storage.list_keys("88.118.8", offset=24) == names[24:]
+    assert await storage.count_prefix("88.118.8") == 25
+    # Neighbouring prefixes never leak into each other's listings or counts.
+    assert await storage.list_keys("88.118.80") == ["88.118.80/item-00", "88.118.80/item-01"]
+    assert await storage.list_keys("88.118") == ["88.118/top"]
+    assert await storage.list_keys("0.NA") == ["0.NA/88.118.8"]
+    assert await storage.list_keys("88.118.8.1") == ["88.118.8.1/sub"]
+    assert await storage.list_keys("99.999") == []
+    assert [await storage.count_prefix(p) for p in ("88.118.80", "88.118", "0.NA", "88.118.8.1", "99.999")] == [
+        2,
+        1,
+        1,
+        1,
+        0,
+    ]
+
+
+async def test_list_keys_after_a_key_is_keyset_paging(storage: Storage) -> None:
+    names = [f"88.118.8/item-{i:02d}" for i in range(25)]
+    await storage.write([Write(k, url(k)) for k in [*names, "88.118.80/x", "88.118/y"]])
+    assert await storage.list_keys("88.118.8", after=names[9], limit=10) == names[10:20]
+    assert await storage.list_keys("88.118.8", after=names[9], offset=5, limit=3) == names[15:18]  # offset from there
+    assert await storage.list_keys("88.118.8", after=names[24]) == []
+    # A cursor need not be a key that exists, nor one of the prefix: the range still bounds it.
+    assert await storage.list_keys("88.118.8", after="88.118.8/item-09x", limit=2) == names[10:12]
+    assert await storage.list_keys("88.118.8", after="0", limit=2) == names[:2]
+    assert await storage.list_keys("88.118.8", after="88.118.8/", limit=1) == names[:1]
+    assert await storage.list_keys("88.118.8", after="88.118.80/a") == []
 
 
 async def test_listing_a_prefix_is_exactly_its_keys_whatever_sorts_next_to_them(storage: Storage) -> None:
     # "-" < "." < "/" < "0": the neighbours a key range scan must keep out (and Unicode suffixes in).
     keys = ["88/a", "88/\U0001f697", "88/" + "\uffff" * 3, "88-x/b", "88.1/c", "880/d", "88./e", "8/f", "88/"]
     await storage.write([Write(k, url(k)) for k in keys])
-    assert await storage.list_keys("88") == (4, sorted(["88/", "88/a", "88/\U0001f697", "88/" + "\uffff" * 3]))
-    assert await storage.list_keys("88", offset=1, limit=2) == (4, sorted(k for k in keys if k.startswith("88/"))[1:3])
-    assert await storage.list_keys("88.1") == (1, ["88.1/c"])
+    assert await storage.list_keys("88") == sorted(["88/", "88/a", "88/\U0001f697", "88/" + "\uffff" * 3])
+    assert await storage.list_keys("88", offset=1, limit=2) == sorted(k for k in keys if k.startswith("88/"))[1:3]
+    assert await storage.list_keys("88.1") == ["88.1/c"]
+    assert [await storage.count_prefix(p) for p in ("88", "88.1", "88-x", "880", "88.", "8")] == [4, 1, 1, 1, 1, 1]
     assert await storage.prefixes() == ["8", "88", "88-x", "88.", "88.1", "880"]
 
 
@@ -145,12 +168,14 @@ async def test_a_packed_write_stores_its_blob_as_it_is(storage: Storage) -> None
 
 
 async def _snapshot(storage: Storage) -> tuple[object, ...]:
-    keys = (await storage.list_keys("88.118.8"))[1]
+    keys = await storage.list_keys("88.118.8")
     return (
         await storage.get_many(keys),
         await storage.changes(0),
         await storage.last_seq(),
         await storage.count(),
+        await storage.count_prefix("88.118.8"),
+        await storage.digest(),
     )
 
 

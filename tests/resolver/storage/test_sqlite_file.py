@@ -20,7 +20,7 @@ from resolver.errors import HandleError
 from resolver.records import Record
 from resolver.storage.base import Write
 from resolver.storage.sqlite import SQLiteStorage
-from tests.resolver.storage.cases import EVERY_FORMAT, url
+from tests.resolver.storage.cases import EVERY_FORMAT, make_v3_file, url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 
@@ -45,7 +45,7 @@ async def test_reopening_the_file_keeps_everything(tmp_path: Path) -> None:
     try:
         assert await reopened.get("88.118.8/a") == Record("88.118.8/a", EVERY_FORMAT)
         assert await reopened.get("88.118.8/b") is None
-        assert await reopened.list_keys("0.NA") == (1, ["0.NA/88.118.8"])
+        assert await reopened.list_keys("0.NA") == ["0.NA/88.118.8"]
         assert await reopened.count() == 2
         assert await reopened.last_seq() == 4
         assert [(c.key, c.op) for c in await reopened.changes(0)] == [
@@ -90,17 +90,17 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     try:
         assert await store.count() == len(records)
         assert await store.get_many(list(records)) == {k: Record(k, v) for k, v in records.items()}
-        assert await store.list_keys("88.118.8", offset=1000, limit=5) == (
-            1200,
-            [f"88.118.8/{i:04d}" for i in range(1000, 1005)],
-        )
+        assert await store.list_keys("88.118.8", offset=1000, limit=5) == [
+            f"88.118.8/{i:04d}" for i in range(1000, 1005)
+        ]
+        assert await store.count_prefix("88.118.8") == 1200
         assert await store.prefixes() == ["0.NA", "88", "88.118.8"]
         assert await store.last_seq() == len(records) and await store.get_meta("epoch") == "3"
         assert await store.write([Write("88.118.8/new", url("n"))]) == len(records) + 1
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (3,)
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
         assert [row[1] for row in db.execute("PRAGMA table_info(handles)")] == ["key", "vals", "seq"]
         assert (
             db.execute(
@@ -134,6 +134,40 @@ async def test_a_version_2_file_keeps_its_change_log_and_is_upgraded(tmp_path: P
         assert await store.get("88.118.8/a") == Record("88.118.8/a", url(3))
     finally:
         await store.close()
+
+
+async def test_a_version_3_file_gets_its_counts_and_digest_buckets_once(tmp_path: Path) -> None:
+    history: list[tuple[str, bytes | None]] = [(f"88.118.8/{i:04d}", pack_values(url(i))) for i in range(1500)]
+    history += [("88.118.8/0007", pack_values(url("again"))), ("88.118.8/0008", None), ("0.NA/88.118.8", b"\x90")]
+    records = make_v3_file(str(tmp_path / "v3.db"), history)
+    fresh = await SQLiteStorage.open(tmp_path / "fresh.db")
+    store = await SQLiteStorage.open(tmp_path / "v3.db")
+    try:
+        await fresh.write([Write.packed(k, v) for k, v in records.items()], created=True)
+        assert await store.count_prefix("88.118.8") == 1499 and await store.count() == 1500
+        assert await store.prefixes() == ["0.NA", "88.118.8"]
+        assert await store.digest() == await fresh.digest()
+        assert await store.digest_buckets() == await fresh.digest_buckets()
+        # The version-3 log reads as it was written, the latest puts included, and goes on from there.
+        changes = await store.changes(1500)
+        assert [(c.seq, c.key, c.op, c.values) for c in changes] == [
+            (1501, "88.118.8/0007", "put", url("again")),
+            (1502, "88.118.8/0008", "delete", ()),
+            (1503, "0.NA/88.118.8", "put", ()),
+        ]
+        assert [(c.key, c.values) for c in await store.changes(7, limit=2)] == [
+            ("88.118.8/0007", url(7)),
+            ("88.118.8/0008", url(8)),
+        ]
+        assert await store.write([Write("88.118.8/0007", url("third"))]) == 1504
+        await fresh.write([Write("88.118.8/0007", url("third"))])
+        assert await store.digest() == await fresh.digest()
+    finally:
+        await store.close()
+        await fresh.close()
+    with sqlite3.connect(tmp_path / "v3.db") as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    db.close()
 
 
 async def test_the_latest_put_of_a_key_is_stored_once_and_history_reads_as_written(tmp_path: Path) -> None:
@@ -224,7 +258,8 @@ async def test_failure_while_logging_rolls_back_the_records(tmp_path: Path) -> N
         assert await store.last_seq() == 1
         # The next write commits on its own, without the failed batch's leftovers riding along.
         assert await store.write([Write("88.118.8/next", url("next"))]) == 2
-        assert await store.list_keys("88.118.8") == (2, ["88.118.8/keep", "88.118.8/next"])
+        assert await store.list_keys("88.118.8") == ["88.118.8/keep", "88.118.8/next"]
+        assert await store.count_prefix("88.118.8") == 2
         assert [c.key for c in await store.changes(0)] == ["88.118.8/keep", "88.118.8/next"]
     finally:
         await store.close()

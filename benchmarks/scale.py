@@ -1,0 +1,372 @@
+"""``python -m benchmarks scale``: one enterprise node with millions of identifiers, a recursive node with a
+million answers, and the targets of issue 12 beside the figures.
+
+One run, on the default topology moved to free ports (``benchmarks.topology.cluster``; the
+recursive node's cache bound raised above ``--answers``):
+
+1. **load**: ``--identifiers`` datagen records into the automaker node with ``idres register``, in
+   chunks of ``--chunk`` (``benchmarks.scale_load``): records/s per chunk, bytes per identifier on
+   disk (SQLite file and WAL over N);
+2. **GET throughput** on random identifiers with wrk straight at the enterprise node, once when
+   ``--checkpoint`` records are in (the same node at 100k) and once at the end, over a random
+   ``--sample`` of every key: their ratio;
+3. **listing** (``benchmarks.scale_reads``): the first page, a deep page by ``page=K`` and the page
+   after it by cursor, and the count alone; then GET latency under wrk while those listings run
+   in a loop beside it;
+4. **digest**: the status with its digest and ``/api/replication/digest``, as the operator; GET
+   latency under wrk while they run in a loop;
+5. **a new mirror** (``benchmarks.scale_mirror``): started after the load, timed until it applied
+   the primary's last seq and shows its digest; records/s and the primary's peak memory;
+6. **the recursive node** (``benchmarks.scale_recursive``): filled with ``--answers`` distinct
+   answers while a probe asks one hot identifier every ``--probe-interval-ms`` on its own
+   connection; memory per answer, the worst pause the probe saw, upstreams marked down.
+
+Prints a table with each target, and writes every figure to ``--json``. A measurement whose
+interface the node does not have reports "not available" and the reason instead of failing the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks.resolve import machine
+from benchmarks.scale_load import OPERATOR, PREFIX, database_bytes, first_handles, load
+from benchmarks.scale_mirror import catch_up
+from benchmarks.scale_reads import (
+    DIGEST,
+    STATUS,
+    NotAvailable,
+    digest_times,
+    get_during,
+    get_throughput,
+    listing_targets,
+    listing_times,
+)
+from benchmarks.scale_recursive import fill_and_probe
+from benchmarks.tools import ensure_wrk, write_paths
+from benchmarks.topology import cluster
+from nodes.running.topology_file import DEFAULT_TOPOLOGY
+from resolver.client import basic_auth
+
+__all__ = ["TARGETS", "main", "parser", "print_table", "run"]
+
+ENTERPRISE, RECURSIVE = "automaker", "recursive"
+# Issue 12's targets (at 10M identifiers and 1M answers, on the 2-CPU machine).
+TARGETS = {
+    "listing_page_ms": 50.0,
+    "get_p99_during_listing_ms": 20.0,
+    "mirror_records_per_second": 50_000,
+    "mirror_primary_rss_mib": 300.0,
+    "digest_ms": 1000.0,
+    "get_ratio_at_n": 0.9,
+    "recursive_rss_at_1m_mib": 1536.0,
+    "recursive_worst_pause_ms": 50.0,
+}
+
+
+def _topology(base: str, answers: int, workers: int) -> str:
+    """The default topology with the recursive node's cache bound above ``answers`` (and its workers)."""
+    bound = max(answers + answers // 10, 100_000)
+    text, found = re.subn(r"(\[nodes\.recursive\.cache\]\s*\nmax_entries\s*=\s*)\d+", rf"\g<1>{bound}", base)
+    if not found:
+        raise RuntimeError("the default topology's [nodes.recursive.cache] has no max_entries to raise")
+    if workers > 1:
+        text = text.replace("[nodes.recursive]\n", f"[nodes.recursive]\nworkers = {workers}\n", 1)
+    return text
+
+
+def _section(what: str, measure: Callable[[], dict[str, Any]], console: Console) -> dict[str, Any]:
+    """``measure()``, or ``{"available": False, "reason"}`` when the node lacks its interface."""
+    console.print(f"{what}...")
+    try:
+        figures = measure()
+    except NotAvailable as exc:
+        console.print(f"  [yellow]not available[/yellow]: {exc}")
+        return {"available": False, "reason": str(exc)}
+    return {"available": True, **figures}
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    ensure_wrk()
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "command": "python -m benchmarks scale " + " ".join(args.argv),
+    }
+    with tempfile.TemporaryDirectory(prefix="idres-scale-") as tmp:
+        base = Path(tmp) / "topology.toml"
+        base.write_text(_topology(DEFAULT_TOPOLOGY.read_text(encoding="utf-8"), args.answers, args.recursive_workers))
+        with cluster(topology=base) as bench:
+            work = bench.path.parent
+            url, pid = bench.url(ENTERPRISE), bench.pid(ENTERPRISE)
+            auth = basic_auth(OPERATOR, bench.secret)
+
+            def at_checkpoint(handles: list[str]) -> dict[str, Any]:
+                paths = work / "early.paths"
+                write_paths(paths, handles)
+                console.print(f"GET throughput at {args.checkpoint:,} identifiers ({len(handles):,} random keys)...")
+                return get_throughput(
+                    url, paths, pid, rounds=args.rounds, duration=args.duration, connections=args.connections
+                )
+
+            console.print(f"loading {args.identifiers:,} identifiers into {ENTERPRISE} with idres register...")
+            started = time.perf_counter()
+            loaded = load(
+                url,
+                bench.secret,
+                args.identifiers,
+                work,
+                chunk=args.chunk,
+                checkpoint=args.checkpoint,
+                sample_size=args.sample,
+                concurrency=args.register_concurrency,
+                seed=args.seed,
+                at_checkpoint=at_checkpoint,
+                progress=console.print,
+            )
+            sizes = database_bytes(bench.data, ENTERPRISE)
+            loading = sum(c["seconds"] for c in loaded.chunks)
+            result["load"] = {
+                "identifiers": args.identifiers,
+                "seconds": round(loading, 2),
+                "per_second": round(args.identifiers / loading),
+                "wall_seconds_with_generation": round(time.perf_counter() - started, 2),
+                "chunks": loaded.chunks,
+                "disk_bytes": sizes,
+                "bytes_per_identifier": round((sizes["database"] + sizes["wal"]) / args.identifiers, 1),
+                # The file alone: what the identifiers cost once the WAL is checkpointed into it.
+                "bytes_per_identifier_database": round(sizes["database"] / args.identifiers, 1),
+            }
+            paths = work / "sample.paths"
+            write_paths(paths, loaded.sample)
+            console.print(f"GET throughput at {args.identifiers:,} identifiers ({len(loaded.sample):,} random keys)...")
+            at_n = get_throughput(
+                url, paths, pid, rounds=args.rounds, duration=args.duration, connections=args.connections
+            )
+            early = loaded.at_checkpoint
+            result["get_throughput"] = {
+                "at_checkpoint": {"identifiers": args.checkpoint, **early},
+                "at_n": {"identifiers": args.identifiers, **at_n},
+                "ratio": round(at_n["rps_median"] / early["rps_median"], 3) if early.get("rps_median") else 0.0,
+            }
+
+            targets: dict[str, Any] = {}
+
+            def listing() -> dict[str, Any]:
+                targets.update(asyncio.run(listing_targets(url, auth, PREFIX, args.page_size)))
+                return asyncio.run(listing_times(url, auth, targets, args.samples))
+
+            result["listing"] = _section("listing pages", listing, console)
+
+            def during_listing() -> dict[str, Any]:
+                if not targets:
+                    raise NotAvailable("no listing to run beside the GETs")
+                loop = [t for k in ("first_page", "deep_by_page", "deep_by_cursor") if (t := targets[k]) is not None]
+                return asyncio.run(
+                    get_during(url, paths, pid, auth, loop, duration=args.duration, connections=args.connections)
+                )
+
+            result["get_during_listing"] = _section("GET latency while listings run", during_listing, console)
+            result["digest"] = _section("digest", lambda: asyncio.run(digest_times(url, auth, args.samples)), console)
+
+            def during_digest() -> dict[str, Any]:
+                loop = [STATUS, DIGEST]
+                return asyncio.run(
+                    get_during(url, paths, pid, auth, loop, duration=args.duration, connections=args.connections)
+                )
+
+            result["get_during_digest"] = _section("GET latency while digests run", during_digest, console)
+            result["mirror"] = _section("a new mirror catching up", lambda: catch_up(bench, ENTERPRISE, auth), console)
+
+            def recursive() -> dict[str, Any]:
+                handles = first_handles(args.identifiers, args.answers, args.seed)
+                return fill_and_probe(
+                    bench.url(RECURSIVE),
+                    bench.pid(RECURSIVE),
+                    loaded.last,  # not among the fill's (first) identifiers unless it fills them all
+                    handles,
+                    concurrency=args.fill_concurrency,
+                    interval_ms=args.probe_interval_ms,
+                )
+
+            result["recursive"] = _section(
+                f"filling {RECURSIVE} with {args.answers:,} answers, probing every {args.probe_interval_ms:g} ms",
+                recursive,
+                console,
+            )
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["setup"] = {k: v for k, v in vars(args).items() if k not in ("argv", "json")}
+    result["targets"] = TARGETS
+    return result
+
+
+# -- the table --------------------------------------------------------------------------------------
+
+
+def _get(result: dict[str, Any], *keys: str) -> Any:
+    """``result[k1][k2]...``, or None when a section is not available or a figure missing."""
+    value: Any = result
+    for key in keys:
+        if not isinstance(value, dict) or value.get("available") is False or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _verdict(value: Any, limit: float, *, at_least: bool = False) -> str:
+    if not isinstance(value, int | float):
+        return "not available"
+    ok = value >= limit if at_least else value < limit
+    return "[green]MET[/green]" if ok else "[red]MISSED[/red]"
+
+
+def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
+    if not isinstance(value, int | float):
+        return "not available"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def print_table(result: dict[str, Any], console: Console) -> None:
+    load = result["load"]
+    console.print(
+        f"load: {load['identifiers']:,} identifiers at {load['per_second']:,}/s overall; "
+        f"{load['bytes_per_identifier']:,} bytes per identifier on disk (SQLite file and WAL; "
+        f"{load['bytes_per_identifier_database']:,} the file alone)"
+    )
+    for chunk in load["chunks"]:
+        console.print(f"  {chunk['from']:>12,} - {chunk['to']:>12,}: {chunk['per_second']:>9,}/s")
+    t = TARGETS
+    n = f"{load['identifiers']:,}"
+    table = Table(title=f"idres at scale: {n} identifiers, {result['setup']['answers']:,} recursive answers")
+    for column in ("measure", "figure", "target", ""):
+        table.add_column(column, justify="left" if column == "measure" else "right")
+    listing = result["listing"]
+    for name, label in (
+        ("first_page", "listing: first page (max)"),
+        ("deep_by_cursor", "listing: deep page by cursor (max)"),
+        ("deep_by_page", f"listing: deep page=K, K={_get(listing, 'deep_page')} (max)"),
+        ("count_only", "listing: count only, pageSize=0 (max)"),
+    ):
+        value = _get(listing, name, "ms", "max")
+        limit = t["listing_page_ms"]
+        table.add_row(label, _fmt(value, " ms", 2), f"< {limit:g} ms", _verdict(value, limit))
+    for section, label in (("get_during_listing", "listings"), ("get_during_digest", "digests")):
+        value = _get(result, section, "get", "latency_ms", "p99")
+        idle = _get(result, "get_throughput", "at_n", "latency_ms", "p99")
+        table.add_row(
+            f"GET p99 while {label} run (alone: {_fmt(idle, ' ms', 2)})",
+            _fmt(value, " ms", 2),
+            f"< {t['get_p99_during_listing_ms']:g} ms",
+            _verdict(value, t["get_p99_during_listing_ms"]),
+        )
+    for name, label in (
+        ("status", "digest: status with digest (max)"),
+        ("digest", "digest: /api/replication/digest (max)"),
+    ):
+        value = _get(result, "digest", name, "ms", "max")
+        table.add_row(label, _fmt(value, " ms", 2), f"< {t['digest_ms']:g} ms", _verdict(value, t["digest_ms"]))
+    rate = _get(result, "mirror", "records_per_second")
+    table.add_row(
+        f"new mirror: records/s ({_fmt(_get(result, 'mirror', 'seconds'), ' s')} from its start; "
+        f"{_fmt(_get(result, 'mirror', 'records_per_second_once_healthy'), '/s', 0)} once up)",
+        _fmt(rate, "", 0),
+        f">= {t['mirror_records_per_second']:,}",
+        _verdict(rate, t["mirror_records_per_second"], at_least=True),
+    )
+    rss = _get(result, "mirror", "primary_peak_rss_mib")
+    table.add_row(
+        "new mirror: primary's peak RSS meanwhile",
+        _fmt(rss, " MiB"),
+        f"< {t['mirror_primary_rss_mib']:g} MiB",
+        _verdict(rss, t["mirror_primary_rss_mib"]),
+    )
+    early, late = _get(result, "get_throughput", "at_checkpoint"), _get(result, "get_throughput", "at_n")
+    ratio = _get(result, "get_throughput", "ratio")
+    table.add_row(
+        f"GET req/s at {n} / at {early['identifiers']:,} ({late['rps_median']:,} / {early.get('rps_median', 0):,})",
+        _fmt(ratio, "", 3),
+        f">= {t['get_ratio_at_n']}",
+        _verdict(ratio, t["get_ratio_at_n"], at_least=True),
+    )
+    rec = result["recursive"]
+    per = _get(rec, "bytes_per_answer")
+    value = _get(rec, "rss_at_1m_answers_mib")
+    table.add_row(
+        f"recursive: RSS at 1M answers ({_get(rec, 'rss_at_1m_answers_is')}; {_fmt(per, ' B', 0)} an answer)",
+        _fmt(value, " MiB"),
+        f"< {t['recursive_rss_at_1m_mib']:g} MiB",
+        _verdict(value, t["recursive_rss_at_1m_mib"]),
+    )
+    value = _get(rec, "worst_pause_ms")
+    table.add_row(
+        f"recursive: worst probe latency while filling ({_fmt(_get(rec, 'fill', 'per_second'), '/s', 0)})",
+        _fmt(value, " ms", 2),
+        f"< {t['recursive_worst_pause_ms']:g} ms",
+        _verdict(value, t["recursive_worst_pause_ms"]),
+    )
+    down = _get(rec, "upstreams_marked_down")
+    table.add_row(
+        "recursive: upstreams marked down while filling",
+        "not available" if down is None else (", ".join(down) or "none"),
+        "none",
+        "not available" if down is None else ("[green]MET[/green]" if not down else "[red]MISSED[/red]"),
+    )
+    console.print(table)
+    console.print(f"machine: {result['machine']}")
+    console.print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks scale", description=__doc__.splitlines()[0])
+    p.add_argument("--identifiers", type=int, default=10_000_000, help="identifiers loaded into the enterprise node")
+    p.add_argument("--checkpoint", type=int, default=100_000, help="where GET throughput is first measured")
+    p.add_argument("--chunk", type=int, default=1_000_000, help="identifiers registered per idres register run")
+    p.add_argument("--sample", type=int, default=200_000, help="random identifiers wrk spreads its GETs over")
+    p.add_argument("--answers", type=int, default=1_000_000, help="distinct answers filled into the recursive node")
+    p.add_argument("--page-size", type=int, default=1000, help="pageSize of the listing pages")
+    p.add_argument("--samples", type=int, default=5, help="times each listing and digest request is timed")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
+    p.add_argument("--rounds", type=int, default=3, help="wrk runs per throughput figure (median reported)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections")
+    p.add_argument("--register-concurrency", type=int, default=4, help="idres register --concurrency")
+    p.add_argument("--fill-concurrency", type=int, default=32, help="requests in flight while filling the cache")
+    p.add_argument("--probe-interval-ms", type=float, default=10.0, help="the probe's interval")
+    p.add_argument("--recursive-workers", type=int, default=1, help="workers of the recursive node")
+    p.add_argument("--seed", type=int, default=0, help="datagen's seed, and the random samples'")
+    p.add_argument("--json", type=Path, default=Path("bench-results/scale.json"), help="where to write the figures")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    if args.identifiers < 2 * args.page_size or not 0 < args.answers <= args.identifiers:
+        parser().error("need --identifiers >= 2 x --page-size and 0 < --answers <= --identifiers")
+    if min(args.chunk, args.sample, args.samples, args.rounds, args.page_size, args.recursive_workers) < 1:
+        parser().error("--chunk, --sample, --samples, --rounds, --page-size and --recursive-workers must be >= 1")
+    args.checkpoint = min(args.checkpoint, args.identifiers // 2)
+    args.argv = argv
+    console = Console()
+    result = run(args, console)
+    print_table(result, console)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"figures written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

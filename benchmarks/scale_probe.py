@@ -1,0 +1,113 @@
+"""A fixed-rate probe: one GET every interval on its own keep-alive connection, timed from when it was due.
+
+``python -m benchmarks.scale_probe URL [--interval-ms 10]`` prints ``READY`` once its first request
+was answered, then probes until SIGTERM and prints one JSON line of figures. The scale benchmark runs
+it as its own process while it fills the recursive node's cache, so the probe's timing never waits
+for the filler's Python (one GIL, one event loop) and only the node's own stalls show.
+
+Each request is timed from the moment it was *due* (start + n × interval), not from when it was
+sent: when the node stalls for 300 ms just before a request is due, that request counts 300 ms
+though it was sent on time, or late behind an earlier slow one, so a stall is not under-counted the
+way a closed-loop client under-counts it (coordinated omission, ``benchmarks/tools.py``). The slots
+that passed while one request was out are skipped (``skipped_slots``), not sent in a burst: the one
+request already counted the wait, and on one connection a backlog would only grow whenever answers
+take longer than the interval, timing the queue of this probe instead of the node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from benchmarks.tools import summarize
+
+__all__ = ["main", "probe"]
+
+READY = "READY"
+REQUEST_TIMEOUT = 10.0  # seconds: far past any pause worth reporting, short of hanging the benchmark
+
+
+async def probe(url: str, interval: float, stop: asyncio.Event) -> dict[str, Any]:
+    """Probe ``url`` every ``interval`` seconds until ``stop`` is set; the figures in milliseconds."""
+    latencies: list[float] = []  # from when each request was due
+    service: list[float] = []  # from when it was sent
+    errors: list[str] = []
+    max_gap = 0.0
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as session:
+        # The first request opens the connection; the parent starts its load only after READY.
+        async with session.get(url) as resp:
+            await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"the probe's identifier answers HTTP {resp.status} at {url}")
+        print(READY, flush=True)
+        start = last_done = time.perf_counter()
+        number = skipped = 0
+        while not stop.is_set():
+            due = start + number * interval
+            now = time.perf_counter()
+            if now - due > interval:  # slots passed during the last request: it already counted them
+                behind = int((now - due) / interval)
+                number, skipped, due = number + behind, skipped + behind, due + behind * interval
+            number += 1
+            wait = due - now
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+                if stop.is_set():
+                    break
+            sent = time.perf_counter()
+            try:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, reason = 0, f"{type(exc).__name__}: {exc}"
+            else:
+                reason = f"HTTP {status}"
+            done = time.perf_counter()
+            latencies.append((done - due) * 1000)
+            service.append((done - sent) * 1000)
+            max_gap = max(max_gap, done - last_done)
+            last_done = done
+            if status != 200:
+                errors.append(reason)
+    return {
+        "interval_ms": interval * 1000,
+        "requests": len(latencies),
+        "skipped_slots": skipped,
+        "latency_from_due_ms": {k: round(v, 3) for k, v in summarize(latencies).items()},
+        "service_ms": {k: round(v, 3) for k, v in summarize(service).items()},
+        "max_gap_ms": round(max_gap * 1000, 3),
+        "errors": len(errors),
+        "first_errors": errors[:5],
+    }
+
+
+async def _run(url: str, interval: float) -> dict[str, Any]:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    return await probe(url, interval, stop)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.scale_probe", description=__doc__.splitlines()[0])
+    p.add_argument("url", help="the full URL to GET, e.g. http://127.0.0.1:8000/api/handles/88.118.8/X")
+    p.add_argument("--interval-ms", type=float, default=10.0, help="milliseconds between requests")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    result = asyncio.run(_run(args.url, args.interval_ms / 1000))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""The scale benchmark's recursive node: its cache filled with N distinct answers while a fixed-rate probe
+times its pauses; memory per answer and whether any upstream was marked down meanwhile.
+
+1. One identifier is resolved through the node (the probe's, hot from then on), and the node's
+   resident memory (its process and any workers) and ``/metrics`` are read.
+2. ``benchmarks.scale_probe`` starts as its own process: one GET of the hot identifier every
+   ``interval`` on its own connection, timed from when it was due.
+3. This process resolves ``answers`` distinct identifiers through the node (``concurrency`` at a
+   time), each a cache miss that walks to the enterprise node; ``/metrics`` is read every
+   ``METRICS_EVERY`` seconds for upstreams marked down, the node's memory every 100 ms.
+4. The probe is stopped; memory and ``/metrics`` are read again. Memory per answer is the growth
+   of the node's resident memory over the growth of its cache entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+
+from benchmarks.scale_load import PeakRss, tree_rss_kib
+from benchmarks.tools import parse_prometheus, request_path
+
+__all__ = ["fill_and_probe"]
+
+METRICS_EVERY = 1.0  # seconds between /metrics reads while filling: a short mark-down still shows
+ONE_MILLION = 1_000_000
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def _metrics(session: aiohttp.ClientSession, url: str) -> Samples:
+    async with session.get(url + "/metrics") as resp:
+        return parse_prometheus(await resp.text())
+
+
+def _total(samples: Samples, name: str) -> float:
+    return sum(value for (sample, _), value in samples.items() if sample == name)
+
+
+def _down(samples: Samples) -> dict[str, float]:
+    """Servers marked down now: the per-server gauges (per worker with several), and the count."""
+    down = {
+        dict(labels).get("server", "?"): value
+        for (name, labels), value in samples.items()
+        if name == "idres_upstream_down" and value
+    }
+    count = _total(samples, "idres_upstream_down_servers")
+    if count and not down:
+        down["(servers past the label cap)"] = count
+    return down
+
+
+async def _resolve(url: str, handles: Iterator[str], concurrency: int, watch: dict[str, Any]) -> dict[str, Any]:
+    """GET every handle through ``url``, ``concurrency`` at a time, while ``/metrics`` is read for
+    upstreams marked down (every server ever seen down goes into ``watch["down"]``)."""
+    answered = 0
+    failures: list[str] = []
+    done = asyncio.Event()
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal answered
+        for handle in handles:  # one shared iterator: each handle is taken by one worker
+            try:
+                async with session.get(url + request_path(handle)) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                failures.append(f"{handle}: {type(exc).__name__}: {exc}")
+                continue
+            if status == 200:
+                answered += 1
+            else:
+                failures.append(f"{handle}: HTTP {status}")
+
+    async def watcher(session: aiohttp.ClientSession) -> None:
+        while not done.is_set():
+            for server, value in _down(await _metrics(session, url)).items():
+                watch["down"][server] = max(watch["down"].get(server, 0.0), value)
+            watch["scrapes"] += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), METRICS_EVERY)
+
+    started = time.perf_counter()
+    connector = aiohttp.TCPConnector(limit=concurrency + 1)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        watching = asyncio.create_task(watcher(session))
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        done.set()
+        await watching
+    seconds = time.perf_counter() - started
+    return {
+        "answered": answered,
+        "failed": len(failures),
+        "failures": failures[:10],
+        "seconds": round(seconds, 2),
+        "per_second": round(answered / seconds) if seconds else 0,
+    }
+
+
+def _start_probe(url: str, interval_ms: float) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "benchmarks.scale_probe", url, "--interval-ms", str(interval_ms)]
+    probe = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert probe.stdout is not None
+    line = probe.stdout.readline().strip()  # READY, or nothing when it failed
+    if line != "READY":
+        probe.kill()
+        _, err = probe.communicate(timeout=10)
+        raise RuntimeError(f"the probe did not start ({line!r}): {err[-500:]}")
+    return probe
+
+
+def _stop_probe(probe: subprocess.Popen[str]) -> dict[str, Any]:
+    probe.send_signal(signal.SIGTERM)
+    out, err = probe.communicate(timeout=30)
+    lines = out.strip().splitlines()
+    if probe.returncode != 0 or not lines:
+        raise RuntimeError(f"the probe failed ({probe.returncode}): {err[-500:]}")
+    figures: dict[str, Any] = json.loads(lines[-1])
+    return figures
+
+
+async def _snapshot(url: str, hot: str | None = None) -> Samples:
+    async with aiohttp.ClientSession() as session:
+        if hot is not None:
+            async with session.get(url + request_path(hot)) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise RuntimeError(f"{hot} via {url}: HTTP {resp.status}")
+        return await _metrics(session, url)
+
+
+def fill_and_probe(
+    url: str, pid: int, hot: str, handles: Iterator[str], *, concurrency: int, interval_ms: float
+) -> dict[str, Any]:
+    """Fill the recursive node at ``url`` (process ``pid``) with ``handles`` while probing ``hot``."""
+    before = asyncio.run(_snapshot(url, hot))
+    rss_before = tree_rss_kib(pid)
+    watch: dict[str, Any] = {"down": _down(before), "scrapes": 0}
+    probe = _start_probe(url + request_path(hot), interval_ms)
+    try:
+        with PeakRss({"recursive": pid}) as rss:
+            fill = asyncio.run(_resolve(url, handles, concurrency, watch))
+    finally:
+        probe_figures = _stop_probe(probe)
+    after = asyncio.run(_snapshot(url))
+    rss_after = tree_rss_kib(pid)
+    entries = _total(after, "idres_cache_entries") - _total(before, "idres_cache_entries")
+    per_answer = (rss_after - rss_before) * 1024 / entries if entries > 0 else 0.0
+    at_million = rss_after * 1024 if entries >= ONE_MILLION else rss_before * 1024 + per_answer * ONE_MILLION
+    failures_during = _total(after, "idres_upstream_failures_total") - _total(before, "idres_upstream_failures_total")
+    return {
+        "fill": fill,
+        "cache_entries_added": int(entries),
+        "evictions": int(_total(after, "idres_cache_evictions_total") - _total(before, "idres_cache_evictions_total")),
+        "rss_before_mib": round(rss_before / 1024, 1),
+        "rss_after_mib": round(rss_after / 1024, 1),
+        "rss_peak_mib": round(rss.peak_tree["recursive"] / 1024, 1),
+        "bytes_per_answer": round(per_answer),
+        "rss_at_1m_answers_mib": round(at_million / 1_048_576, 1),
+        "rss_at_1m_answers_is": "measured" if entries >= ONE_MILLION else "projected from bytes_per_answer",
+        "probe": probe_figures,
+        "worst_pause_ms": probe_figures["latency_from_due_ms"].get("max", 0.0),
+        "upstreams_marked_down": watch["down"],
+        "upstream_failures": int(failures_during),
+        "metrics_scrapes": watch["scrapes"],
+    }
