@@ -129,6 +129,15 @@ def failover(ctx: click.Context) -> None:
 
 @main.command(context_settings=_PASS_THROUGH)
 @click.pass_context
+def workers(ctx: click.Context) -> None:
+    """The recursive node's hot-cache throughput with 1 and with N worker processes (--workers N), side by side."""
+    from benchmarks.workers import main as run
+
+    sys.exit(run(ctx.args))
+
+
+@main.command(context_settings=_PASS_THROUGH)
+@click.pass_context
 def compare(ctx: click.Context) -> None:
     """The recursive node's hot path, this checkout against a git revision (--against REV), side by side."""
     from benchmarks.compare import main as run

@@ -2,8 +2,9 @@
 
 Everything that decides lives in the sans-IO modules (``cache``, ``resolution``, ``upstream``); this
 module only awaits. It adds what needs a loop: single-flight (concurrent misses for one key share
-one walk), prefetch of hot entries in the background, serve-stale when every upstream fails, and
-background probes that bring a server marked down back as soon as it answers.
+one walk), prefetch of hot entries in the background, serve-stale when every upstream fails,
+background probes that bring a server marked down back as soon as it answers, and the loop watch
+that tells ``Upstreams`` when this process itself was paused (so its pauses mark no server down).
 """
 
 from __future__ import annotations
@@ -204,10 +205,29 @@ class RecursiveResolver:
         task.add_done_callback(self._background.discard)
 
     async def probe_forever(self) -> None:
-        """Ask every server marked down for ``/healthz`` each probe interval until it answers
-        (CoreDNS forward's health checks): recovery does not wait for client traffic. Only servers
-        still tracked are probed: one no client asked for ``forget_after`` is dropped by
-        ``down_servers``, and a probe's outcome neither keeps it nor brings it back."""
+        """The driver's background work for as long as the node runs: the loop watch
+        (:meth:`watch_pauses`), and every server marked down asked for ``/healthz`` each probe
+        interval until it answers (CoreDNS forward's health checks): recovery does not wait for
+        client traffic. Only servers still tracked are probed: one no client asked for
+        ``forget_after`` is dropped by ``down_servers``, and a probe's outcome neither keeps it nor
+        brings it back."""
+        watch = asyncio.ensure_future(self.watch_pauses())
+        try:
+            await self._probe_down_servers()
+        finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+    async def watch_pauses(self) -> None:
+        """Tick ``upstreams.pauses`` every ``PAUSE_TICK`` seconds: a late tick is a pause of this
+        process, which ``Upstreams`` does not hold against the servers it was waiting for."""
+        pauses = self.upstreams.pauses
+        while True:
+            pauses.tick()
+            await asyncio.sleep(pauses.interval)
+
+    async def _probe_down_servers(self) -> None:
         interval = self.upstreams.config.probe_interval
         while True:
             await asyncio.sleep(interval)

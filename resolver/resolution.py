@@ -21,6 +21,9 @@ States and rules (like h11's state table; anything not listed raises RuntimeErro
     WAITING    on_outcome(Referral), rejected         ASKING       counted as a Failure (BAD_REFERRAL)
     WAITING    on_outcome(Failure)                    ASKING       attempts += Attempt(url, kind,
                                                                    reason); health failure
+    WAITING    on_outcome(Failure TIMEOUT), this      ASKING       attempts += it, said so; no health
+               process paused (Upstreams.timed_out)                failure; the server may be asked
+                                                                   once more
     DONE       next_query()                           DONE         returns None
     FAILED     next_query()                           FAILED       returns None
 
@@ -30,7 +33,9 @@ Rules that keep a resolution finite and honest:
   step has none) and covers the handle's zone: this rejects loops and referrals elsewhere, so the
   walk is bounded by the prefix depth as well as by ``max_referrals``.
 - Within a step each server is asked at most once; a server that failed is not retried in the same
-  request (the next one is tried instead: the Chongqing -> Chengdu failover).
+  request (the next one is tried instead: the Chongqing -> Chengdu failover). The one exception: a
+  try that timed out while this process itself was paused (``Upstreams.timed_out``) was never a
+  fair try, so that server may be asked once more, within the deadline as always.
 - Every try ends within the request's deadline: a query's timeout is never more than the time left.
   The try timeout adapts to the server's SRTT when another server remains to fail over to; the last
   untried server of a step gets the full ceiling, since giving up on it early gains nothing.
@@ -290,6 +295,7 @@ class Resolution:
         self.hops: list[Hop] = []
         self.attempts: list[Attempt] = []
         """Every failed try, as the final UpstreamError lists them."""
+        self._excused: set[str] = set()  # servers asked again after a try this process's pause spoiled
 
     @property
     def finished(self) -> bool:
@@ -356,7 +362,7 @@ class Resolution:
             case Referral():
                 problem = self._check_referral(outcome)
                 if problem is not None:
-                    self._failed_try(server, Failure(FailureKind.BAD_REFERRAL, problem), ms)
+                    self._failed_try(query, Failure(FailureKind.BAD_REFERRAL, problem), rtt)
                     return
                 self.upstreams.success(server.url, rtt)
                 self.hops.append(Hop(server.url, server.description, "referral", ms, outcome.prefix))
@@ -366,7 +372,7 @@ class Resolution:
                 self.referrals.append(outcome)
                 self._step = _Step(outcome.prefix, _http_only(outcome.servers))
             case Failure():
-                self._failed_try(server, outcome, ms)
+                self._failed_try(query, outcome, rtt)
             case _:
                 assert_never(outcome)
 
@@ -380,10 +386,19 @@ class Resolution:
             return f"bad referral: prefix {prefix} does not cover {self.handle.zone}"
         return None
 
-    def _failed_try(self, server: SiteServer, failure: Failure, ms: float) -> None:
-        self.upstreams.failure(server.url, failure.reason)
-        self.attempts.append(Attempt(server.url, failure.kind, failure.reason))
-        self.hops.append(Hop(server.url, server.description, "failure", ms, failure.reason))
+    def _failed_try(self, query: Query, failure: Failure, rtt: float) -> None:
+        server, reason = query.server, failure.reason
+        if failure.kind is FailureKind.TIMEOUT:
+            paused = self.upstreams.timed_out(server.url, reason, rtt=rtt, timeout=query.timeout)
+            if paused:
+                reason = f"{reason} while this node was paused for {paused * 1000:.0f} ms (not held against it)"
+                if server.url not in self._excused:
+                    self._excused.add(server.url)
+                    self._step.tried.discard(server.url)
+        else:
+            self.upstreams.failure(server.url, reason)
+        self.attempts.append(Attempt(server.url, failure.kind, reason))
+        self.hops.append(Hop(server.url, server.description, "failure", rtt * 1000, reason))
 
     def _fail(self, why: str) -> None:
         self.failed = UpstreamError(

@@ -3,20 +3,34 @@
 The table is bounded (DESIGN.md §11: every server a referral names is untrusted): at most
 ``max_servers`` servers besides the root hints, the least recently asked forgotten first, and a
 server no resolution asked for ``forget_after`` seconds is forgotten, so it is no longer probed.
+
+A try is judged by the time this process gave it, not by the wall clock: while the process itself
+is paused (a collector pass, a blocking call) no reply can be read, so a timeout during such a pause
+is not held against the server, and the pause is taken out of an RTT sample (``Pauses``; issue 12:
+the recursive node's own pauses of seconds marked healthy upstreams down).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from resolver.errors import ConfigError
 from resolver.sites import SiteServer
 
-__all__ = ["DEFAULT_UPSTREAM_CONFIG", "ServerHealth", "UpstreamConfig", "Upstreams"]
+__all__ = [
+    "DEFAULT_UPSTREAM_CONFIG",
+    "FAIR_SHARE",
+    "PAUSE_MIN",
+    "PAUSE_TICK",
+    "Pauses",
+    "ServerHealth",
+    "UpstreamConfig",
+    "Upstreams",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +93,69 @@ DEFAULT_UPSTREAM_CONFIG = UpstreamConfig()
 # that its own slowness made too short.
 _MAX_BACKOFF_SHIFT = 3
 
+# The driver's loop watch ticks this often (``RecursiveResolver.watch_pauses``): a hundred wake-ups
+# a second cost well under 1% of a core, and a pause is known to within a tick.
+PAUSE_TICK = 0.01
+# A tick later than this beyond its interval is a pause of the process, not scheduling jitter (an
+# asyncio timer on a loop that is not blocked wakes within about a millisecond).
+PAUSE_MIN = 0.005
+# A timed-out try counts against the server only if this process ran for at least this share of the
+# try's timeout (a pause near its end still leaves the server its time; one in the middle does not).
+FAIR_SHARE = 0.8
+# Pauses older than this are forgotten: far longer than any request's deadline.
+_PAUSE_HORIZON = 60.0
+
+
+class Pauses:
+    """When this process itself could not run: the gaps between the ticks of the driver's loop watch.
+
+    Sans-IO bookkeeping: the driver calls ``tick`` every ``interval`` seconds, and a tick later than
+    ``PAUSE_MIN`` beyond that records a pause. Before the first tick nothing is known and no pause
+    is reported, so a resolution driven without the watch (``idres resolve``) judges tries by the
+    wall clock as before. The figures (``count``, ``total``, ``worst``, ``excused``) are for metrics.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, *, interval: float = PAUSE_TICK) -> None:
+        self._clock = clock
+        self.interval = interval
+        self._last: float | None = None  # clock time of the last tick
+        self._log: deque[tuple[float, float]] = deque()  # (start, end) of each pause, oldest first
+        self.count = 0  # pauses seen
+        self.total = 0.0  # their seconds
+        self.worst = 0.0  # the longest, seconds
+        self.excused = 0  # timed-out tries not held against their server because of a pause
+
+    def tick(self) -> None:
+        """The loop ran: record how late this tick came, if it was late enough to be a pause."""
+        now = self._clock()
+        if self._last is not None:
+            late = now - self._last - self.interval
+            if late > PAUSE_MIN:
+                self._log.append((now - late, now))
+                self.count += 1
+                self.total += late
+                self.worst = max(self.worst, late)
+        self._last = now
+        log = self._log
+        while log and log[0][1] < now - _PAUSE_HORIZON:
+            log.popleft()
+
+    def paused_since(self, since: float) -> float:
+        """Seconds this process was paused between clock time ``since`` and now, including a pause
+        still under way (the loop watch has not ticked since it began: it cannot tick before the
+        callback asking this runs, whichever the loop woke first after the pause)."""
+        now = self._clock()
+        paused = 0.0
+        for start, end in reversed(self._log):
+            if end <= since:
+                break
+            paused += end - max(start, since)
+        if self._last is not None:
+            due = self._last + self.interval
+            if now - due > PAUSE_MIN:
+                paused += now - max(due, since)
+        return max(paused, 0.0)
+
 
 @dataclass(slots=True)
 class ServerHealth:
@@ -124,6 +201,8 @@ class Upstreams:
         # When each forgettable server was last asked, least recently first (the LRU order).
         self._asked: OrderedDict[str, float] = OrderedDict()
         self._on_forget = on_forget
+        self.pauses = Pauses(clock)
+        """This process's own pauses, ticked by the driver's loop watch."""
 
     def _get(self, url: str, *, probe: bool = False) -> ServerHealth | None:
         """The live record of ``url``, now the most recently asked; a probe only finds one."""
@@ -205,11 +284,12 @@ class Upstreams:
         return min(max(adaptive, config.min_try_timeout), config.try_timeout)
 
     def success(self, url: str, rtt: float, *, probe: bool = False) -> None:
-        """A usable reply came back after ``rtt`` seconds: update SRTT, clear the failure count and down mark."""
+        """A usable reply came back after ``rtt`` seconds: update SRTT, clear the failure count and down mark.
+        Time this process spent paused meanwhile is not the server's, so it is left out of the sample."""
         health = self._get(url, probe=probe)
         if health is None:
             return  # a probe's answer from a server forgotten while it was asked
-        rtt = max(rtt, 0.0)
+        rtt = max(rtt - self.pauses.paused_since(self._clock() - rtt), 0.0)
         if health.successes == 0:
             health.srtt = rtt  # the first sample replaces the guess (RFC 6298 §2.2)
         else:
@@ -231,6 +311,19 @@ class Upstreams:
         health.last_error = reason
         if self.config.max_fails and health.fails >= self.config.max_fails:
             health.down = True
+
+    def timed_out(self, url: str, reason: str, *, rtt: float, timeout: float) -> float:
+        """A try of ``url`` timed out after ``rtt`` seconds (its timeout was ``timeout``): a failure,
+        unless this process was paused so long meanwhile that it ran for less than ``FAIR_SHARE`` of
+        the timeout. Returns the seconds of that pause when it excused the try, else 0.0."""
+        pauses = self.pauses
+        paused = pauses.paused_since(self._clock() - rtt)
+        if paused > 0 and rtt - paused < FAIR_SHARE * timeout:
+            pauses.excused += 1
+            self._get(url)  # asked all the same: it stays remembered
+            return paused
+        self.failure(url, reason)
+        return 0.0
 
     def down_servers(self) -> list[str]:
         """URLs of the servers marked down and not forgotten, for the driver's background probes."""

@@ -86,13 +86,40 @@ def up(topology_path: Path | None, data_dir: Path, tls: bool) -> None:
 @topology_option
 @data_option
 @tls_option
-def serve(name: str, topology_path: Path | None, data_dir: Path, tls: bool) -> None:
-    """Run one node of the topology in the foreground."""
-    from nodes.running.serve import serve_node
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Recursive node: processes serving its port together (SO_REUSEPORT), each with its own cache. "
+    "Default: the topology's `workers` (1).",
+)
+# Internal: how `idres serve` starts each of a recursive node's workers (nodes.running.workers).
+@click.option("--worker", "worker_index", type=click.IntRange(0, 63), default=None, hidden=True)
+@click.option("--worker-dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
+def serve(
+    name: str,
+    topology_path: Path | None,
+    data_dir: Path,
+    tls: bool,
+    workers: int | None,
+    worker_index: int | None,
+    worker_dir: Path | None,
+) -> None:
+    """Run one node of the topology in the foreground (a recursive node with `workers` > 1: its
+    worker processes, restarted if one dies)."""
+    from nodes.running.serve import serve as run_serve
+    from nodes.running.serve import serve_worker
 
     topology = _topology(topology_path, data_dir, tls)
     try:
-        serve_node(topology, name, data_dir)
+        if worker_index is not None:
+            if worker_dir is None or workers is None or worker_index >= workers:
+                raise click.UsageError("--worker is given by `idres serve` to the workers it starts, with --worker-dir")
+            serve_worker(topology, name, data_dir, worker_index, workers, worker_dir)
+            return
+        cli_args = ["--data", str(data_dir.resolve()), *(["--tls"] if tls else [])]
+        cli_args += ["--topology", str(topology_path.resolve())] if topology_path is not None else []
+        sys.exit(run_serve(topology, name, data_dir, workers, cli_args))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 

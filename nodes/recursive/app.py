@@ -4,7 +4,8 @@ Reads answer like an authoritative node (200 with the record, 404/100 when it do
 the cache when they can (``hotpath``); ``auth=true`` or credentials bypass the cache and ask the
 owning node's primary, and writes are forwarded to that primary with the client's credentials and
 invalidate the cached entry (``forward``). This module puts them together: the factory, the
-driver's cleanup context, health and metrics, and the routes.
+driver's cleanup context, health and metrics, and the routes. A node run as several processes
+(``workers = N``) answers ``/healthz`` and ``/metrics`` for all of them (``workers``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -19,7 +21,15 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from nodes.recursive.config import CLIENT, RECURSIVE, RECURSIVE_CONFIG, RecursiveConfig
 from nodes.recursive.forward import list_handles, write_handle
-from nodes.recursive.hotpath import HotPath, get_handler
+from nodes.recursive.hotpath import HotPath, freeze_startup_objects, get_handler
+from nodes.recursive.workers import (
+    WorkerSlot,
+    health_answer,
+    metrics_answer,
+    node_healthz,
+    node_metrics,
+    siblings_ctx,
+)
 from nodes.shared.http_api import Handler, guarded, respond
 from nodes.shared.metrics import METRICS, NodeMetrics, UpstreamMetrics, counter, gauge, metrics_handler
 from nodes.shared.openapi import openapi_handler
@@ -40,21 +50,21 @@ def root_servers(topology: Topology, spec: NodeSpec) -> list[SiteServer]:
     return [SiteServer(n.url, not n.is_mirror, n.description or n.name) for n in nodes]
 
 
+def _health(app: web.Application) -> dict[str, Any]:
+    config = app[RECURSIVE_CONFIG]
+    resolver = app[RECURSIVE]
+    return {
+        "status": "ok",
+        "node": config.spec.name,
+        "role": "recursive",
+        "roots": [s.url for s in resolver.roots],
+        "cacheEntries": len(resolver.cache),
+        "down": resolver.upstreams.down_servers(),
+    }
+
+
 async def healthz(request: web.Request) -> web.Response:
-    config = request.app[RECURSIVE_CONFIG]
-    resolver = request.app[RECURSIVE]
-    return respond(
-        request,
-        200,
-        {
-            "status": "ok",
-            "node": config.spec.name,
-            "role": "recursive",
-            "roots": [s.url for s in resolver.roots],
-            "cacheEntries": len(resolver.cache),
-            "down": resolver.upstreams.down_servers(),
-        },
-    )
+    return respond(request, 200, _health(request.app))
 
 
 def _cache_metrics(app: web.Application, upstream: UpstreamMetrics) -> Iterable[Metric]:
@@ -77,6 +87,15 @@ def _cache_metrics(app: web.Application, upstream: UpstreamMetrics) -> Iterable[
     yield srtt
     yield down
     yield gauge("idres_upstream_servers", "Upstream servers tracked (asked lately, or root hints)", len(health))
+    pauses = resolver.upstreams.pauses  # the node's own stalls, which never count against an upstream
+    yield counter("idres_loop_pauses", "Times the event loop ran late by more than a few ms", pauses.count)
+    yield counter("idres_loop_pause_seconds", "Seconds the event loop ran late, summed", pauses.total)
+    yield gauge("idres_loop_pause_max_seconds", "The longest event-loop pause seen", pauses.worst)
+    yield counter(
+        "idres_upstream_timeouts_excused",
+        "Timed-out upstream tries not held against the server: the node itself was paused",
+        pauses.excused,
+    )
     yield gauge(
         "idres_upstream_down_servers", "Tracked upstream servers marked down", sum(h.down for h in health.values())
     )
@@ -129,7 +148,8 @@ async def _no_such_route(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
-def create_recursive_app(config: RecursiveConfig) -> web.Application:
+def create_recursive_app(config: RecursiveConfig, worker: WorkerSlot | None = None) -> web.Application:
+    """The node's application; ``worker``: this process is one of the node's several workers."""
     # No aiohttp middleware: each layer costs a cache hit about 3 us of its 60 (benchmarks/resolve.py).
     # Every handler is ``guarded`` instead (error mapping and request counting, as the middlewares
     # do on authoritative nodes); the GET handler does both itself, after its hot path.
@@ -141,9 +161,18 @@ def create_recursive_app(config: RecursiveConfig) -> web.Application:
     metrics.add_source(lambda: _cache_metrics(app, upstream))
     # Made here rather than with the driver, so the GET handler holds it from the start.
     cache = Cache(config.cache)
-    hot = HotPath(config.cache.max_entries)
+    hot = HotPath()
     metrics.add_flush(hot.flush_into(metrics))
     app.cleanup_ctx.append(_resolver_ctx(cache, upstream))
+    # After the driver is built: what the node made to start is frozen, so no collection walks the
+    # cache's tables while they fill (resolver.cache keeps each answer invisible to the collector).
+    app.on_startup.append(freeze_startup_objects)
+    health_route: Handler = healthz
+    metrics_route: Handler = metrics_handler
+    if worker is not None:
+        own_health = health_answer(lambda: _health(app))
+        app.cleanup_ctx.append(siblings_ctx(worker, {"health": own_health, "metrics": metrics_answer(metrics)}))
+        health_route, metrics_route = node_healthz(worker, own_health), node_metrics(worker, metrics)
 
     def route(handler: Handler) -> Handler:
         return guarded(handler, metrics.count_request)
@@ -156,8 +185,8 @@ def create_recursive_app(config: RecursiveConfig) -> web.Application:
     app.router.add_route("DELETE", r"/api/handles/{handle:[\s\S]+}", route(write_handle))
     app.router.add_get("/api/handles", route(list_handles))
     app.router.add_get("/api/handles/", route(list_handles))
-    app.router.add_get("/healthz", route(healthz))
-    app.router.add_get("/metrics", route(metrics_handler))
+    app.router.add_get("/healthz", route(health_route))
+    app.router.add_get("/metrics", route(metrics_route))
     app.router.add_get("/api/openapi.json", route(openapi_handler))
     app.router.add_route("*", r"/{tail:[\s\S]*}", route(_no_such_route))
     return app

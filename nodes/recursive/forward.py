@@ -109,6 +109,8 @@ def upstream_params(request: web.Request) -> list[tuple[str, str]]:
         number = query_int(request, name)
         if number is not None:
             params.append((name, str(number)))
+    if query.get("after"):  # a listing's cursor: the owning node checks it
+        params.append(("after", query["after"]))
     return params
 
 

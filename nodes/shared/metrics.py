@@ -3,7 +3,8 @@
 Counters that change on the request path are ``prometheus_client`` counters; numbers that already
 live elsewhere (cache statistics, upstream health, replication state) are read by collectors only
 when ``/metrics`` is scraped, so a cache hit pays nothing for them. Upstream servers are named by
-referrals, so their label set is bounded (``UpstreamMetrics``).
+referrals, so their label set is bounded (``UpstreamMetrics``). A node run as several worker
+processes merges its workers' families into one scrape (``merge_workers``).
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ __all__ = [
     "MAX_LABELLED_SERVERS",
     "METRICS",
     "OTHER_SERVERS",
+    "SUMMED_GAUGES",
+    "WORKER_LABEL",
     "NodeMetrics",
     "UpstreamMetrics",
     "count_requests",
     "counter",
+    "families_from_wire",
+    "families_to_wire",
     "gauge",
+    "merge_workers",
     "metrics_handler",
+    "render_families",
 ]
 
 MetricSource = Callable[[], Iterable[Metric]]
@@ -85,6 +92,12 @@ class NodeMetrics:
         for flush in self._flushes:
             flush()
         return generate_latest(self.registry)
+
+    def families(self) -> list[Metric]:
+        """The metric families a scrape would show now (the flushes run first), as objects."""
+        for flush in self._flushes:
+            flush()
+        return list(self.registry.collect())
 
 
 METRICS: web.AppKey[NodeMetrics] = web.AppKey("metrics")
@@ -184,6 +197,67 @@ def gauge(name: str, doc: str, value: float, labels: dict[str, str] | None = Non
     family = GaugeMetricFamily(name, doc, labels=list(labels or {}))
     family.add_metric(list((labels or {}).values()), value)
     return family
+
+
+# -- several worker processes, one node ------------------------------------------------------------
+
+SUMMED_GAUGES = frozenset({"idres_cache_entries"})
+"""Gauges whose sum over a node's workers means something (each worker holds its own cache, so the
+node holds the sum). Every other gauge (a server's smoothed RTT, whether a worker marks it down) is
+one worker's view and is kept per worker under the ``worker`` label."""
+
+WORKER_LABEL = "worker"
+
+
+def merge_workers(by_worker: Iterable[tuple[int, Iterable[Metric]]]) -> list[Metric]:
+    """One node's families from its workers' ``(index, families)``: counters, histograms and
+    summaries summed sample by sample (same name, same labels), so rates and quantiles over the node
+    come out right; the gauges of ``SUMMED_GAUGES`` summed too; every other gauge kept per worker
+    with a ``worker`` label. Families keep the order in which they were first seen."""
+    merged: dict[str, Metric] = {}
+    sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for index, families in by_worker:
+        for family in families:
+            target = merged.get(family.name)
+            if target is None:
+                target = merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                sums[family.name] = {}
+            if family.type == "gauge" and family.name not in SUMMED_GAUGES:
+                for sample in family.samples:
+                    target.add_sample(sample.name, {**sample.labels, WORKER_LABEL: str(index)}, sample.value)
+                continue
+            totals = sums[family.name]
+            for sample in family.samples:
+                key = (sample.name, tuple(sample.labels.items()))
+                totals[key] = totals.get(key, 0.0) + sample.value
+    for name, totals in sums.items():
+        for (sample_name, labels), value in totals.items():
+            merged[name].add_sample(sample_name, dict(labels), value)
+    return list(merged.values())
+
+
+def families_to_wire(families: Iterable[Metric]) -> list[list[Any]]:
+    """Metric families as plain lists (for JSON): what one worker sends the worker merging a scrape."""
+    return [
+        [f.name, f.documentation, f.type, f.unit, [[s.name, s.labels, s.value] for s in f.samples]] for f in families
+    ]
+
+
+def families_from_wire(wire: Any) -> list[Metric]:
+    """The families ``families_to_wire`` wrote; ValueError or TypeError if ``wire`` is not such a list."""
+    families = []
+    for name, documentation, typ, unit, samples in wire:
+        family = Metric(str(name), str(documentation), str(typ), str(unit))
+        for sample_name, labels, value in samples:
+            family.add_sample(str(sample_name), {str(k): str(v) for k, v in dict(labels).items()}, float(value))
+        families.append(family)
+    return families
+
+
+def render_families(families: Iterable[Metric]) -> bytes:
+    """``families`` in the Prometheus text format, as ``NodeMetrics.render`` writes a registry."""
+    fixed = list(families)
+    return generate_latest(_Callback(lambda: fixed))
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

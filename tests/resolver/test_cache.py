@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from resolver.bodies import answer_body
 from resolver.cache import Cache, CacheConfig, CacheStats, Entry, Found, Refresh, Stale
+from resolver.codec import JSON, MSGPACK
 from resolver.errors import ConfigError
-from resolver.values import HandleValue
+from resolver.values import HandleValue, value_to_wire
 from tests.fakes import FakeClock
 
 KEY = "88.118.8/VIN-001"
@@ -129,39 +133,51 @@ def test_least_recently_used_entry_is_evicted_first() -> None:
 def test_bytes_served_without_a_lookup_still_keep_an_entry_from_eviction() -> None:
     cache, _ = make(max_entries=3)
     a = cache.store_answer("a", (value(),))
-    cache.keep_bytes("/api/handles/a", a, b"{a}")
     cache.store_answer("b", (value(),))
     cache.store_answer("c", (value(),))  # LRU order: a b c
-    assert cache.served_bytes("/api/handles/a") == (a, b"{a}")  # a hit that does not move a
+    assert cache.served_bytes("a") == a.record  # a hit that does not move a
     cache.store_answer("d", (value(),))
     assert cache.lookup("b") is None, "a was used after b: b is the least recently used"
     assert [freshness(cache, k) for k in "acd"] == ["fresh"] * 3
-    assert a.live and cache.stats.evictions == 1
+    assert cache.holds(a) and cache.stats.evictions == 1
     assert cache.stats.hits == 1 + 3
 
 
-def test_kept_bytes_are_served_while_the_entry_is_fresh_and_not_near_expiry() -> None:
+def test_stored_bodies_are_served_while_the_entry_is_fresh_and_not_near_expiry() -> None:
     cache, clock = make(prefetch_fraction=0.1, negative_ttl=100)
-    entry = cache.store_answer(KEY, (value(ttl=100),))
-    gone = cache.store_not_found("88.118.8/GONE")
-    cache.keep_bytes("car", entry, b"car")
-    cache.keep_bytes("gone", gone, b"gone")
-    assert cache.served_bytes("car") == (entry, b"car") and cache.served_bytes("gone") == (gone, b"gone")
-    assert cache.served_bytes("never kept") is None
+    cache.store_answer(KEY, (value(ttl=100),))
+    cache.store_not_found("88.118.8/GONE")
+    served, gone = cache.served_bytes(KEY), cache.served_bytes("88.118.8/GONE")
+    assert served is not None and gone is not None
+    assert (served[1], json.loads(served[0])) == (200, answer_body(KEY, (value(ttl=100),)))
+    assert (gone[1], json.loads(gone[0])["responseCode"]) == (404, 100)
+    assert cache.served_bytes("88.118.8/NEVER-STORED") is None
     assert (cache.stats.hits, cache.stats.negative_hits, cache.stats.misses) == (2, 1, 0)
     clock.advance(90)  # near expiry: lookup decides on the refresh, the bytes served counting as hits
-    assert cache.served_bytes("car") is None and freshness(cache) == "refresh"
-    newer = cache.store_answer(KEY, (value(2, ttl=100),))
-    assert cache.served_bytes("car") is None, "the kept body belongs to the entry it replaced"
-    cache.keep_bytes("car", newer, b"newer")
-    assert cache.served_bytes("car") == (newer, b"newer")
+    assert cache.served_bytes(KEY) is None and freshness(cache) == "refresh"
+    cache.store_answer(KEY, (value(2, ttl=100),))
+    newer = cache.served_bytes(KEY)
+    assert newer is not None and json.loads(newer[0])["values"][0]["index"] == 2, "the new entry's body"
     cache.invalidate(KEY)
-    assert cache.served_bytes("car") is None
-    cache.keep_bytes("car", newer, b"newer")  # an entry the cache no longer holds is not kept
-    assert cache.served_bytes("car") is None
+    assert cache.served_bytes(KEY) is None
 
 
-def test_an_entry_the_cache_no_longer_holds_is_not_live() -> None:
+def test_other_media_types_and_spellings_are_encoded_as_the_client_asked() -> None:
+    cache, _ = make()
+    entry = cache.store_answer(KEY, (value(),))
+    assert cache.encoded(entry, KEY, JSON) is entry.record[0], "the stored body itself"
+    packed = cache.encoded(entry, KEY, MSGPACK)
+    assert msgpack.unpackb(packed) == answer_body(KEY, (value(),))
+    assert cache.encoded(entry, KEY, MSGPACK) is packed, "encoded once while the entry is held"
+    prefix_handle = cache.store_answer("0.NA/88.118", (value(),))  # asked for as "0.na/88.118" too
+    assert json.loads(cache.encoded(prefix_handle, "0.na/88.118", JSON))["handle"] == "0.na/88.118"
+    gone = cache.store_not_found("88.118.8/GONE")
+    assert msgpack.unpackb(cache.encoded(gone, "88.118.8/GONE", MSGPACK))["responseCode"] == 100
+    newer = cache.store_answer(KEY, (value(2),))
+    assert msgpack.unpackb(cache.encoded(newer, KEY, MSGPACK))["values"] == [value_to_wire(value(2))]
+
+
+def test_an_entry_the_cache_no_longer_holds_is_not_held() -> None:
     cache, _ = make(max_entries=1)
     cache.store_answer("a", (value(),))
     replaced = cache.lookup("a")
@@ -172,17 +188,16 @@ def test_an_entry_the_cache_no_longer_holds_is_not_live() -> None:
     evicted = cache.lookup("b")
     cache.store_answer("c", (value(),))
     assert replaced and invalidated and evicted
-    assert not (entry_of(replaced).live or entry_of(invalidated).live or entry_of(evicted).live)
+    assert not any(cache.holds(entry_of(found)) for found in (replaced, invalidated, evicted))
     kept = cache.lookup("c")
-    assert entry_of(kept).live
-    assert not cache.detached_entry("d", (value(),)).live, "never held by the cache"
+    assert cache.holds(entry_of(kept))
+    assert not cache.holds(cache.detached_entry("d", (value(),))), "never held by the cache"
 
 
 def test_a_new_entry_is_never_the_one_evicted_to_make_room_for_itself() -> None:
     cache, _ = make(max_entries=1)
     cache.store_answer("a", (value(),))
-    cache.keep_bytes("/api/handles/a", entry_of(cache.lookup("a")), b"{a}")
-    assert cache.served_bytes("/api/handles/a") is not None  # hit since it last moved: a second chance
+    assert cache.served_bytes("a") is not None  # hit since it last moved: a second chance
     cache.store_answer("b", (value(),))  # but "b" must stay
     assert cache.lookup("a") is None and freshness(cache, "b") == "fresh"
 
@@ -226,13 +241,14 @@ def test_cold_entry_is_not_prefetched() -> None:
 def test_store_replaces_the_entry_and_resets_prefetch() -> None:
     cache, clock = make(prefetch_min_hits=1)
     first = cache.store_answer(KEY, (value(ttl=100),))
-    first.encoded[(KEY, "application/json")] = b"{}"
+    cache.encoded(first, KEY, MSGPACK)
     clock.advance(95)
     assert freshness(cache) == "refresh"
     second = cache.store_answer(KEY, (value(2, ttl=100),))
-    assert second is not first and second.encoded == {} and not second.prefetching
+    assert second != first and cache.holds(second) and not cache.holds(first)
+    assert msgpack.unpackb(cache.encoded(second, KEY, MSGPACK))["values"][0]["index"] == 2
     found = cache.lookup(KEY)
-    assert found is second
+    assert found == second
     clock.advance(95)
     assert freshness(cache) == "refresh"  # the new entry may be refreshed once too
 

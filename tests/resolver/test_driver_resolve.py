@@ -57,7 +57,7 @@ async def test_three_level_walk_then_a_cache_hit_without_any_query() -> None:
     ]
 
     again = await resolver.resolve(parse_handle(VIN))
-    assert again.cache == "hit" and again.entry is resolved.entry and again.hops == ()
+    assert again.cache == "hit" and again.entry == resolved.entry and again.hops == ()
     assert len(fake.calls) == 3, "a cache hit must not touch the transport"
     assert (resolver.cache.stats.hits, resolver.cache.stats.misses) == (1, 1)
 

@@ -74,7 +74,7 @@ async def test_serve_stale_when_every_upstream_fails() -> None:
     clock.advance(150)  # expired 50 s ago, well inside the stale window
     fake.refusing |= {s.url for s in (*ROOTS, SECONDARY, CARMAKER, CARMAKER_MIRROR)}
     resolved = await resolver.resolve(parse_handle(VIN))
-    assert resolved.cache == "stale" and resolved.entry is first.entry
+    assert resolved.cache == "stale" and resolved.entry == first.entry
     assert wire(resolved.entry.values) == wire(tuple(CAR))
     assert fake.calls[3:] == [(CARMAKER.url, VIN), (CARMAKER_MIRROR.url, VIN)], "both enterprise sites were tried"
     assert resolver.cache.stats.stale_served == 1

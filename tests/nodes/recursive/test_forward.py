@@ -76,6 +76,8 @@ def test_the_query_sent_on_is_rebuilt_from_the_known_parameters() -> None:
         ("page", "3"),
     ]
     assert upstream_params(make_mocked_request("PUT", "/api/handles/88.118/X?index=various")) == [("index", "various")]
+    listing = make_mocked_request("GET", "/api/handles?prefix=88.118&pageSize=10&after=88.118%2FX-9")
+    assert upstream_params(listing) == [("prefix", "88.118"), ("pageSize", "10"), ("after", "88.118/X-9")]
     with pytest.raises(ProtocolError):
         upstream_params(make_mocked_request("GET", "/api/handles/88.118/X?index=../x"))
 

@@ -3,7 +3,9 @@ the slow path does, and whatever the cache cannot answer leaves it (credentials,
 
 from __future__ import annotations
 
+import gc
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from aiohttp import ClientSession
 
 from benchmarks.tools import parse_prometheus
 from nodes.recursive.config import RECURSIVE
+from nodes.recursive.hotpath import freeze_startup_objects
 from resolver.driver import RecursiveResolver
 from resolver.names import parse_handle
 from resolver.values import HandleValue
@@ -91,11 +94,15 @@ async def test_a_replaced_entry_is_never_served_from_the_bytes_kept_for_it(node:
     assert status == 502 and json.loads(body)["responseCode"] == 2
 
 
-async def test_credentials_and_near_expiry_still_leave_the_hot_path(node: LocalNode) -> None:
+async def test_credentials_and_near_expiry_still_leave_the_hot_path(
+    node: LocalNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
     resolver = resolver_of(node)
     entry = resolver.cache.store_answer(parse_handle(CAR).key, CAR_VALUES)
-    assert (await fetch(node, "GET", f"/api/handles/{CAR}"))[0] == 200  # now known to the hot path
-    entry.prefetch_at = 0.0  # a hot entry in the last part of its TTL
+    assert (await fetch(node, "GET", f"/api/handles/{CAR}"))[0] == 200  # the first hit
+    # The cache's clock moved on to the last part of the entry's TTL: a hot entry near expiry.
+    later = entry.expires - 1 - time.monotonic()
+    monkeypatch.setattr(resolver.cache, "_clock", lambda: time.monotonic() + later)
     assert (await fetch(node, "GET", f"/api/handles/{CAR}"))[0] == 200, "answered at once"
     assert resolver.cache.stats.prefetches == 1
     top = node.topology.node("top").url
@@ -110,6 +117,23 @@ async def test_credentials_and_near_expiry_still_leave_the_hot_path(node: LocalN
     assert error["responseCode"] == 2 and f"{top}: cannot connect" in error["message"], "locating the primary failed"
 
 
+async def test_escaped_paths_queries_and_other_spellings_answer_as_the_hot_path_does(node: LocalNode) -> None:
+    cache = resolver_of(node).cache
+    cache.store_answer(parse_handle(CAR).key, CAR_VALUES)
+    cache.store_answer("0.NA/88.118", CAR_VALUES)
+    hot = await fetch(node, "GET", f"/api/handles/{CAR}")
+    escaped = await fetch(node, "GET", "/api/handles/" + CAR.replace("/", "%2F").replace("-", "%2D"))
+    queried = await fetch(node, "GET", f"/api/handles/{CAR}?pretty=false")
+    assert hot == escaped == queried and hot[0] == 200
+    status, body, _ = await fetch(node, "GET", "/api/handles/0.na/88.118")
+    assert status == 200 and json.loads(body)["handle"] == "0.na/88.118", "the identifier as the client sent it"
+    status, body, _ = await fetch(node, "GET", "/api/handles/0.NA/88.118")
+    assert status == 200 and json.loads(body)["handle"] == "0.NA/88.118"
+    status, body, _ = await fetch(node, "GET", f"/api/handles/{CAR}?type=MODEL")
+    assert status == 200 and [v["data"]["value"] for v in json.loads(body)["values"]] == ["CQ-EV7"]
+    assert cache.stats.hits == 6 and cache.stats.misses == 0
+
+
 async def test_unknown_routes_and_methods_answer_as_the_error_middleware_does(node: LocalNode) -> None:
     status, body, _ = await fetch(node, "GET", "/no/such/thing")
     error = json.loads(body)
@@ -121,3 +145,11 @@ async def test_unknown_routes_and_methods_answer_as_the_error_middleware_does(no
     assert status == 400 and error["responseCode"] == 102 and "not-a-handle" in error["message"]
     metrics = await metrics_of(node)
     assert metrics[("idres_requests_total", (("method", "POST"), ("status", "405")))] == 1
+
+
+async def test_objects_built_at_start_up_are_frozen_out_of_the_collectors_sight(node: LocalNode) -> None:
+    try:
+        await freeze_startup_objects(node.app)
+        assert gc.get_freeze_count() > 1000, "the application, the cache's tables and the modules"
+    finally:
+        gc.unfreeze()  # this test process goes on to build and drop other nodes
