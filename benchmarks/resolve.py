@@ -45,6 +45,7 @@ from benchmarks.tools import (
     load_cpus,
     parse_prometheus,
     pin,
+    report,
     request_path,
     run_wrk,
     summarize,
@@ -444,13 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     args.argv = argv
-    console = Console()
-    result = run(args, console)
-    print_table(result, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"figures written to {args.json}")
-    return 0
+    return report(args, run, print_table)
 
 
 if __name__ == "__main__":

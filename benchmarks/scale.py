@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import sys
@@ -56,7 +55,7 @@ from benchmarks.scale_reads import (
     listing_times,
 )
 from benchmarks.scale_recursive import fill_and_probe
-from benchmarks.tools import ensure_wrk, write_paths
+from benchmarks.tools import ensure_wrk, report, write_paths
 from benchmarks.topology import cluster
 from nodes.running.topology_file import DEFAULT_TOPOLOGY
 from resolver.client import basic_auth
@@ -359,13 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser().error("--chunk, --sample, --samples, --rounds, --page-size and --recursive-workers must be >= 1")
     args.checkpoint = min(args.checkpoint, args.identifiers // 2)
     args.argv = argv
-    console = Console()
-    result = run(args, console)
-    print_table(result, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"figures written to {args.json}")
-    return 0
+    return report(args, run, print_table)
 
 
 if __name__ == "__main__":

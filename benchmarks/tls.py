@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import sys
 import time
@@ -48,6 +47,7 @@ from benchmarks.tools import (
     load_cpus,
     parse_prometheus,
     pin,
+    report,
     request_path,
     run_wrk,
     summarize,
@@ -349,13 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.identifiers < 2 or args.rounds < 1 or args.cold_samples < args.rounds or args.cold_warmup < 0:
         parser().error("need --identifiers >= 2, --rounds >= 1, --cold-samples >= --rounds, --cold-warmup >= 0")
     args.argv = argv
-    console = Console()
-    result = run(args, console)
-    print_table(result, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"figures written to {args.json}")
-    return 0
+    return report(args, run, print_table)
 
 
 if __name__ == "__main__":

@@ -8,17 +8,20 @@ service times at that concurrency, not latencies at a fixed offered rate.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from rich.console import Console
 
 __all__ = [
     "SPREAD_LUA",
@@ -29,6 +32,7 @@ __all__ = [
     "parse_wrk",
     "percentile",
     "pin",
+    "report",
     "request_path",
     "run_wrk",
     "summarize",
@@ -246,3 +250,18 @@ def parse_prometheus(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]],
         except ValueError:
             continue
     return samples
+
+
+def report(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, Console], dict[str, Any]],
+    print_table: Callable[[dict[str, Any], Console], None],
+) -> int:
+    """The end of every benchmark's ``main``: run it, print its table, write its figures to ``args.json``."""
+    console = Console()
+    result = run(args, console)
+    print_table(result, console)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    console.print(f"figures written to {args.json}")
+    return 0

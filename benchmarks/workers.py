@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import statistics
 import sys
@@ -33,7 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.resolve import ENTERPRISES, _median_run, bench_records, machine
-from benchmarks.tools import WrkResult, ensure_wrk, parse_prometheus, run_wrk, write_paths
+from benchmarks.tools import WrkResult, ensure_wrk, parse_prometheus, report, run_wrk, write_paths
 from benchmarks.topology import Cluster, cluster, register
 from nodes.running.topology_file import DEFAULT_TOPOLOGY
 
@@ -162,13 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 2 or args.identifiers < 2 or args.rounds < 1:
         parser().error("need --workers >= 2, --identifiers >= 2 and --rounds >= 1")
     args.argv = argv
-    console = Console()
-    result = run(args, console)
-    print_table(result, console)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"figures written to {args.json}")
-    return 0
+    return report(args, run, print_table)
 
 
 if __name__ == "__main__":
