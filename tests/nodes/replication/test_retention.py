@@ -28,12 +28,9 @@ def fast_trim(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    opened = await SQLiteStorage.open(tmp_path / "node.sqlite3")
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(mirror_store: SQLiteStorage) -> SQLiteStorage:
+    """An empty store (conftest's), here a primary's log to trim."""
+    return mirror_store
 
 
 async def writes(store: SQLiteStorage, count: int, tag: str = "w") -> None:
