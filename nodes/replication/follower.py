@@ -54,8 +54,10 @@ POLL_PAGE = 5_000  # changes per request; values travel as stored, so a page cos
 PAGE_BYTES = 8 * 1_048_576
 ANSWER_BYTES = PAGE_BYTES + 2 * DEFAULT_LIMITS.max_record_bytes + 1_048_576
 # Records per apply_replicated on the mirror (one transaction), or fewer once their values pass the
-# byte bound: 500 bulk-loaded records are ~200 KB, while 500 near the record limit would be 128 MB.
-SNAPSHOT_CHUNK = 500
+# byte bound: 5,000 bulk-loaded records are ~2 MB, while 5,000 near the record limit would be 1.3 GB.
+# A transaction's digest buckets cost as much as its records when it has few (500 records touched
+# ~400 of the 1,024 buckets): at 5,000 a copy spends its time on records.
+SNAPSHOT_CHUNK = 5_000
 SNAPSHOT_CHUNK_BYTES = 4 * 1_048_576
 RECONCILE_PAGE = 1_000  # local keys read at a time while a resync looks for what to delete
 SNAPSHOT_READ_TIMEOUT = 60.0  # silence mid-stream longer than this means the primary is gone
@@ -290,7 +292,14 @@ class Mirror:
             return
         if resync:
             await self._reconcile(batch[-1].key, {w.key for w in batch})
-        await self._authority.apply_replicated(batch)
+            fresh = False
+        else:
+            # A first copy holds nothing past its cursor, unless a page was applied and the cursor
+            # not stored after it (a crash): then that page goes the way of any write. Otherwise
+            # the page is written as new records, without reading or comparing what is stored
+            # (a third of the copy's time at 10M).
+            fresh = not await self._authority.store.keys_between(self._cursor, None, 1)
+        await self._authority.apply_replicated(batch, created=fresh)
         # Stored after the page is applied: a crash in between applies the page again, harmlessly.
         self._cursor = batch[-1].key
         await self._authority.store.set_meta(SNAPSHOT_KEY, self._cursor)

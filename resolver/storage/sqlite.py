@@ -28,6 +28,7 @@ from resolver.storage.integrity import (
     refuse_emptied,
     write_marker,
 )
+from resolver.storage.point_reads import PointReads
 from resolver.storage.read_pool import READERS, ReadPool
 from resolver.storage.record_cache import MAX_CACHED_RECORDS, RecordCache
 from resolver.storage.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate
@@ -97,6 +98,7 @@ class SQLiteStorage:
         self._readers = readers
         self._checkpointer = checkpointer
         self.cache = cache
+        self._points = PointReads(self._read)  # GETs of one loop turn share one statement
         self._written = False  # since the last checkpoint
         self._checkpoints = asyncio.create_task(self._checkpoint_loop(), name="sqlite-checkpoints")
         # The writer connection is shared state: a statement issued while another coroutine is
@@ -223,10 +225,9 @@ class SQLiteStorage:
         blob = self.cache.get(key)
         if blob is None:
             generation = self.cache.generation
-            rows = await self._read("SELECT vals FROM handles WHERE key = ?", (key,))
-            if not rows:
+            blob = await self._points.get(key)
+            if blob is None:
                 return None
-            blob = rows[0][0]
             self.cache.put(key, blob, generation)
         return Record(key, unpack_values(blob))
 

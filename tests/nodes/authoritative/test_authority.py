@@ -228,6 +228,32 @@ async def test_a_changed_secret_forgets_the_credentials_it_cached(authority: Aut
     assert await authority.authenticate(basic_auth("300:88.118/USER", "new-pw")) == USER
 
 
+async def test_replicated_writes_forget_only_the_credentials_of_the_records_they_wrote(
+    authority: Authority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A mirror applies its primary's writes a page at a time: a page without USER's record keeps
+    # USER's verified credentials (no PBKDF2 per page); one that changes its secret forgets them.
+    from nodes.authoritative import authority as authority_module
+
+    checks: list[str] = []
+    real = authority_module.verify_secret
+
+    def counting(secret: str, stored: str) -> bool:
+        checks.append(secret)
+        return real(secret, stored)
+
+    monkeypatch.setattr(authority_module, "verify_secret", counting)
+    old = basic_auth("300:88.118/USER", "user-pw")
+    assert await authority.authenticate(old) == USER
+    await authority.apply_replicated([Write(f"88.118.9/PART-{i}", values(url(1, f"https://x/{i}"))) for i in range(5)])
+    assert await authority.authenticate(old) == USER
+    assert checks == ["user-pw"], "verified once: the page did not touch 88.118/USER"
+    await authority.apply_replicated([Write("88.118/USER", values(seckey("new-pw")))])
+    with pytest.raises(AuthenticationFailed, match=re.escape("wrong secret")):
+        await authority.authenticate(old)
+    assert await authority.authenticate(basic_auth("300:88.118/USER", "new-pw")) == USER
+
+
 class RecordingVerifier:
     """A remote verifier that says ``answer`` (or raises it) and records who it was asked about."""
 
