@@ -53,6 +53,7 @@ from benchmarks.scale_reads import (
     get_throughput,
     listing_targets,
     listing_times,
+    settle,
 )
 from benchmarks.scale_recursive import fill_and_probe
 from benchmarks.tools import ensure_wrk, report, write_paths
@@ -117,8 +118,18 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 paths = work / "early.paths"
                 write_paths(paths, handles)
                 console.print(f"GET throughput at {args.checkpoint:,} identifiers ({len(handles):,} random keys)...")
+                settled = settle(pid)
+                return {"settled_s": settled, **throughput(paths)}
+
+            def throughput(paths: Path) -> dict[str, Any]:
                 return get_throughput(
-                    url, paths, pid, rounds=args.rounds, duration=args.duration, connections=args.connections
+                    url,
+                    paths,
+                    pid,
+                    rounds=args.rounds,
+                    duration=args.duration,
+                    connections=args.connections,
+                    warmup=args.warmup,
                 )
 
             console.print(f"loading {args.identifiers:,} identifiers into {ENTERPRISE} with idres register...")
@@ -152,8 +163,13 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             paths = work / "sample.paths"
             write_paths(paths, loaded.sample)
             console.print(f"GET throughput at {args.identifiers:,} identifiers ({len(loaded.sample):,} random keys)...")
-            at_n = get_throughput(
-                url, paths, pid, rounds=args.rounds, duration=args.duration, connections=args.connections
+            at_n = {"settled_s": settle(pid), **throughput(paths)}
+            # Latency is measured below saturation (a closed loop at saturation measures its own queue:
+            # 64 connections at N req/s wait 64/N s on average whatever the node does), alone and then
+            # beside listings and digests, at the same load.
+            console.print(f"GET latency at {args.latency_connections} connections, nothing else running...")
+            result["get_latency_alone"] = get_throughput(
+                url, paths, pid, rounds=1, duration=args.duration, connections=args.latency_connections
             )
             early = loaded.at_checkpoint
             result["get_throughput"] = {
@@ -175,7 +191,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     raise NotAvailable("no listing to run beside the GETs")
                 loop = [t for k in ("first_page", "deep_by_page", "deep_by_cursor") if (t := targets[k]) is not None]
                 return asyncio.run(
-                    get_during(url, paths, pid, auth, loop, duration=args.duration, connections=args.connections)
+                    get_during(
+                        url, paths, pid, auth, loop, duration=args.duration, connections=args.latency_connections
+                    )
                 )
 
             result["get_during_listing"] = _section("GET latency while listings run", during_listing, console)
@@ -184,7 +202,9 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             def during_digest() -> dict[str, Any]:
                 loop = [STATUS, DIGEST]
                 return asyncio.run(
-                    get_during(url, paths, pid, auth, loop, duration=args.duration, connections=args.connections)
+                    get_during(
+                        url, paths, pid, auth, loop, duration=args.duration, connections=args.latency_connections
+                    )
                 )
 
             result["get_during_digest"] = _section("GET latency while digests run", during_digest, console)
@@ -264,9 +284,10 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         table.add_row(label, _fmt(value, " ms", 2), f"< {limit:g} ms", _verdict(value, limit))
     for section, label in (("get_during_listing", "listings"), ("get_during_digest", "digests")):
         value = _get(result, section, "get", "latency_ms", "p99")
-        idle = _get(result, "get_throughput", "at_n", "latency_ms", "p99")
+        idle = _get(result, "get_latency_alone", "latency_ms", "p99")
         table.add_row(
-            f"GET p99 while {label} run (alone: {_fmt(idle, ' ms', 2)})",
+            f"GET p99, {result['setup']['latency_connections']} connections, while {label} run "
+            f"(alone: {_fmt(idle, ' ms', 2)})",
             _fmt(value, " ms", 2),
             f"< {t['get_p99_during_listing_ms']:g} ms",
             _verdict(value, t["get_p99_during_listing_ms"]),
@@ -339,7 +360,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=5, help="times each listing and digest request is timed")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
     p.add_argument("--rounds", type=int, default=3, help="wrk runs per throughput figure (median reported)")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections for throughput")
+    p.add_argument(
+        "--latency-connections", type=int, default=4, help="wrk connections for GET latency (below saturation)"
+    )
+    p.add_argument("--warmup", type=int, default=3, help="seconds of wrk before each throughput figure (0: none)")
     p.add_argument("--register-concurrency", type=int, default=4, help="idres register --concurrency")
     p.add_argument("--fill-concurrency", type=int, default=32, help="requests in flight while filling the cache")
     p.add_argument("--probe-interval-ms", type=float, default=10.0, help="the probe's interval")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "get_throughput",
     "listing_targets",
     "listing_times",
+    "settle",
     "timed",
 ]
 
@@ -76,13 +78,39 @@ def expect(status: int, body: dict[str, Any], target: Target, *fields: str) -> N
 # -- GET throughput ---------------------------------------------------------------------------------
 
 
+def settle(pid: int, *, idle: float = 0.05, timeout: float = 120.0) -> float:
+    """Flush the page cache's dirty pages (``sync``) and wait until process ``pid`` uses under ``idle``
+    of a CPU over a second (a load's WAL checkpoints and writeback are over): seconds waited."""
+    started = time.perf_counter()
+    os.sync()
+    ticks = os.sysconf("SC_CLK_TCK")
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+    while time.perf_counter() - started < timeout:
+        before = cpu_seconds()
+        time.sleep(1.0)
+        if cpu_seconds() - before < idle:
+            break
+    return round(time.perf_counter() - started, 2)
+
+
 def get_throughput(
-    url: str, paths: Path, pid: int, *, rounds: int, duration: float, connections: int
+    url: str, paths: Path, pid: int, *, rounds: int, duration: float, connections: int, warmup: int = 0
 ) -> dict[str, Any]:
     """wrk over ``paths`` against the node at ``url`` (pinned to one CPU, wrk to the other): the
-    median of ``rounds`` runs."""
+    median of ``rounds`` runs, after ``warmup`` seconds of the same load that are not counted (the
+    node's connections, read caches and allocator reach their steady state)."""
     server_cpu, load_cpu = load_cpus()
     runs: list[WrkResult] = []
+    if warmup > 0:
+        pin(pid, server_cpu)
+        try:
+            run_wrk(url, paths, duration=warmup, connections=connections, cpus=load_cpu)
+        finally:
+            pin(pid, None)
     for _ in range(rounds):
         pin(pid, server_cpu)
         try:

@@ -311,8 +311,8 @@ class Authority:
         """A page of the handles under a prefix, in key order. ``page``/``pageSize`` as HANDLE.NET
         (counted from 0; without them, every handle), counted from the cursor ``after`` (the ``next``
         of an earlier page) when given; at most ``MAX_LIST_PAGE`` handles, ``next`` saying where
-        the rest continue. A page at a cursor costs its own size; ``page=N`` costs N × pageSize more
-        (an OFFSET, on the storage's scan connection, so no other read waits for it)."""
+        the rest continue. A page at a cursor costs its own size, a ``page=N`` a few ms more at any
+        depth (the storage finds where the page starts from its rank index, ``resolver.storage.ranks``)."""
         prefix = parse_prefix(prefix_text)
         handle = parse_handle(prefix_handle(prefix))
         # Listing a prefix answers for handles *under* it, so route an ordinary handle of that prefix.

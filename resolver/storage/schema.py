@@ -13,6 +13,7 @@ import aiosqlite
 from resolver.errors import HandleError
 from resolver.storage.buckets import digest_buckets
 from resolver.storage.integrity import IDENTITY_META
+from resolver.storage.ranks import MARKS_TABLE, build
 
 __all__ = ["BUSY_TIMEOUT_MS", "PREFIX_OF", "SCHEMA_VERSION", "migrate"]
 
@@ -22,7 +23,8 @@ log = logging.getLogger("idres.storage")
 # file, or a checkpoint) before failing with "database is locked".
 BUSY_TIMEOUT_MS = 5_000
 
-SCHEMA_VERSION = 4
+# Version 5 adds the listing ranks (key_marks, resolver/storage/ranks.py): a page by number at any depth.
+SCHEMA_VERSION = 5
 
 # Version 4: what listings and the digest need, kept in each write's transaction
 # (resolver/storage/write_batch.py) so neither ever scans the records.
@@ -66,6 +68,7 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 );
 {_KEPT_TABLES}
+{MARKS_TABLE};
 PRAGMA user_version = {SCHEMA_VERSION};
 COMMIT;
 """
@@ -121,7 +124,29 @@ def _upgrade_from_3(location: str) -> None:
                 "INSERT INTO buckets (bucket, n, h0, h1, h2, h3) VALUES (?, ?, ?, ?, ?, ?)",
                 [(bucket, n, *four) for bucket, (n, four) in digest_buckets(records()).items()],
             )
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("PRAGMA user_version = 4")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+
+
+def _upgrade_from_4(location: str) -> None:
+    """Version 4 kept no listing ranks (resolver/storage/ranks.py): mark every prefix's records once,
+    in one transaction, with flat memory (at 10 million records, a few seconds). Synchronous: run in
+    a thread."""
+    conn = sqlite3.connect(location, isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(MARKS_TABLE)
+            prefixes = [str(row[0]) for row in conn.execute("SELECT prefix FROM prefix_counts ORDER BY prefix")]
+            build(conn, prefixes)
+            conn.execute("PRAGMA user_version = 5")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -153,6 +178,10 @@ async def migrate(writer: aiosqlite.Connection, location: str) -> str:
     if int(rows[0][0]) == 3:
         log.info("upgrading %s to schema version %d: counting records per prefix and per digest bucket", location, 4)
         await asyncio.to_thread(_upgrade_from_3, location)
+    rows = list(await writer.execute_fetchall("PRAGMA user_version"))
+    if int(rows[0][0]) == 4:
+        log.info("upgrading %s to schema version %d: ranking the keys of each prefix for listing pages", location, 5)
+        await asyncio.to_thread(_upgrade_from_4, location)
     rows = list(await writer.execute_fetchall("SELECT value FROM meta WHERE name = ?", (IDENTITY_META,)))
     if rows:
         return str(rows[0][0])

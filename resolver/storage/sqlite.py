@@ -29,6 +29,7 @@ from resolver.storage.integrity import (
     write_marker,
 )
 from resolver.storage.point_reads import PointReads
+from resolver.storage.ranks import page as ranked_page
 from resolver.storage.read_pool import READERS, ReadPool
 from resolver.storage.record_cache import MAX_CACHED_RECORDS, RecordCache
 from resolver.storage.schema import BUSY_TIMEOUT_MS, SCHEMA_VERSION, migrate
@@ -264,13 +265,21 @@ class SQLiteStorage:
         self, prefix: str, *, after: str | None = None, offset: int = 0, limit: int | None = None
     ) -> list[str]:
         # A range scan of the primary key from the start or from ``after`` (keyset): cost grows with
-        # OFFSET + LIMIT only, never with the prefix's size. Long ones take the scan connection.
+        # OFFSET + LIMIT only, never with the prefix's size. A deep OFFSET (page=K) first finds the
+        # range of keys holding it (ranks.page), so it walks at most ranks.BOUND keys: a few ms at any
+        # depth. Long reads take the scan connection.
         low, high = _key_range(prefix)
-        offset = max(offset, 0)
-        lower = "key > ?" if after is not None and after >= low else "key >= ?"
+        offset, limit = max(offset, 0), None if limit is None else max(limit, 0)
+        after = after if after is not None and after >= low else None
+        ranked = ranked_page(low, high, after, offset, limit)
+        if ranked is not None:
+            sql, params, visits = ranked
+            rows = await self._read(sql, params, scan=limit is None or visits > SHORT_READ_ROWS)
+            return [row[0] for row in rows]
         rows = await self._read(
-            f"SELECT key FROM handles WHERE {lower} AND key < ? ORDER BY key LIMIT ? OFFSET ?",
-            (after if lower == "key > ?" else low, high, -1 if limit is None else max(limit, 0), offset),
+            f"SELECT key FROM handles WHERE {'key >= ?' if after is None else 'key > ?'} AND key < ? "
+            "ORDER BY key LIMIT ? OFFSET ?",
+            (low if after is None else after, high, -1 if limit is None else limit, offset),
             scan=limit is None or offset + limit > SHORT_READ_ROWS,
         )
         return [row[0] for row in rows]

@@ -2,8 +2,9 @@
 
 ``plan`` is pure: given the batch and the stored blobs of its keys it decides which writes change
 something (a put of the blob a key already holds is left out), the change-log rows, the records to
-upsert and delete, and the deltas of the per-prefix counts and of the digest buckets
-(``resolver.storage.buckets``). ``commit`` runs it on the writer connection inside one
+upsert and delete, the deltas of the per-prefix counts and of the digest buckets
+(``resolver.storage.buckets``), and the keys that became or stopped being records (for the listing
+ranks, ``resolver.storage.ranks``). ``commit`` runs it on the writer connection inside one
 ``BEGIN IMMEDIATE`` ... ``COMMIT``, which the caller holds the writer's lock around.
 """
 
@@ -24,6 +25,7 @@ import aiosqlite
 
 from resolver.errors import HandleError
 from resolver.storage.buckets import BUCKETS, lanes, record_hash
+from resolver.storage.ranks import apply as move_ranks
 
 __all__ = ["ROWS_PER_STATEMENT", "Plan", "commit", "plan"]
 
@@ -95,6 +97,8 @@ class Plan:
     counts: list[tuple[str, int]] = field(default_factory=list)  # prefix, change in its record count
     buckets: list[tuple[int, int, int, int, int, int]] = field(default_factory=list)  # bucket, count, lanes
     written: list[str] = field(default_factory=list)  # every key whose record changed
+    added: list[str] = field(default_factory=list)  # keys that had no record and have one
+    removed: list[str] = field(default_factory=list)  # keys whose record was deleted
 
 
 def _prefix(key: str) -> str:
@@ -160,6 +164,10 @@ def _plan_any(keys: Sequence[str], blobs: Sequence[bytes | None], stored: dict[s
             delta = record_hash(raw, old)
             sizes[bucket] = sizes.get(bucket, 0) - 1
             counts[_prefix(key)] -= 1
+            if new is None:
+                out.removed.append(key)
+        else:
+            out.added.append(key)
         if new is not None:
             # record_hash inlined: this loop runs once per record of a bulk load.
             framed = b"".join((len(raw).to_bytes(4, "big"), raw, len(new).to_bytes(4, "big"), new))
@@ -187,12 +195,14 @@ def _plan_creates(keys: Sequence[str], blobs: Sequence[bytes], ts: int) -> Plan:
         framed = b"".join((len(raw).to_bytes(4, "big"), raw, len(blob).to_bytes(4, "big"), blob))
         hashes[bucket] ^= from_bytes(sha256(framed).digest(), "big")
     counts = Counter(key.partition("/")[0] for key in keys)
+    written = list(keys)
     return Plan(
         log=[(key, "put", None, ts) for key in keys],
         puts=[(key, blob, i) for i, (key, blob) in enumerate(zip(keys, blobs, strict=True))],
         counts=list(counts.items()),
         buckets=[(b, n, *lanes(hashes[b])) for b, n in enumerate(sizes) if n],
-        written=list(keys),
+        written=written,
+        added=written,  # every key is new (the same list: neither is changed after)
     )
 
 
@@ -214,7 +224,8 @@ async def commit(
 ) -> tuple[int, list[str]]:
     """Apply one batch in one transaction on the writer ``db``: (the last seq, the keys whose record
     changed). Each awaited aiosqlite call is a thread hop (~65 µs), so a batch of any size costs a
-    handful: BEGIN, stored blobs, history copies, next seq, deletes, upserts, log, counts, buckets, COMMIT."""
+    handful: BEGIN, stored blobs, history copies, next seq, deletes, upserts, log, counts, buckets,
+    listing ranks (two or three, ``ranks.apply``), COMMIT."""
     await db.execute("BEGIN IMMEDIATE")
     try:
         stored = None if created else await _stored(db, list(dict.fromkeys(keys)))
@@ -248,6 +259,7 @@ async def commit(
                 await db.execute(_DROP_EMPTY_PREFIXES)
         if decided.buckets:
             await db.executemany(_BUCKET, decided.buckets)
+        await move_ranks(db, decided.added, decided.removed)
         await db.execute("COMMIT")
     except BaseException:
         # Report the error that broke the transaction, not a failure to roll it back (on a

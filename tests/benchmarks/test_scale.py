@@ -53,6 +53,7 @@ def _positive(result: dict[str, Any], *keys: str) -> float:
 def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     argv = ["--identifiers", "3000", "--chunk", "1000", "--answers", "2000", "--duration", "1", "--rounds", "1"]
+    argv += ["--warmup", "1", "--latency-connections", "2"]
     assert main([*argv, "--connections", "8", "--samples", "2", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
 
@@ -65,6 +66,7 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         figures = result["get_throughput"][point]
         assert figures["failed"] == 0 and figures["non_2xx"] == 0, figures
     _positive(result, "get_throughput", "ratio")
+    _positive(result, "get_latency_alone", "latency_ms", "p99")
 
     listing = result["listing"]
     assert int(listing["total"]) >= 3000

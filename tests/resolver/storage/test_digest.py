@@ -67,8 +67,8 @@ async def test_equal_records_give_equal_digests_however_they_were_written(
         history += [(key, pack_values(url("old"))), (f"88.118.9/gone-{key}", blob), (key, blob)]
         history.append((f"88.118.9/gone-{key}", None))
     one_by_one = await _open(opened, tmp_path / "one.db")
-    for key, blob in history:
-        await one_by_one.write([Write(key, None) if blob is None else Write.packed(key, blob)])
+    for key, written in history:
+        await one_by_one.write([Write(key, None) if written is None else Write.packed(key, written)])
     await one_by_one.write([Write.packed(k, v) for k, v in list(RECORDS.items())[:50]])  # no-ops
 
     assert make_v3_file(str(tmp_path / "v3.db"), history) == RECORDS

@@ -102,8 +102,16 @@ async def test_cursor_pages_and_deep_offset_pages_of_a_large_prefix(sqlite_store
     await sqlite_store.write([Write(f"88.118.8/{i:06d}", url(i)) for i in range(20_000)], created=True)
     with_cursor = await sqlite_store.list_keys("88.118.8", after="88.118.8/019000", limit=3)
     assert with_cursor == ["88.118.8/019001", "88.118.8/019002", "88.118.8/019003"]
-    # Deep pages by OFFSET still work, on the scan connection.
+    # Deep pages by number find their range of keys first (resolver.storage.ranks), cursor or not,
+    # and follow the writes.
     assert await sqlite_store.list_keys("88.118.8", offset=19_998, limit=5) == ["88.118.8/019998", "88.118.8/019999"]
+    assert await sqlite_store.list_keys("88.118.8", offset=12_345, limit=2) == ["88.118.8/012345", "88.118.8/012346"]
+    from_cursor = await sqlite_store.list_keys("88.118.8", after="88.118.8/000999", offset=10_000, limit=1)
+    assert from_cursor == ["88.118.8/011000"]
+    await sqlite_store.write([Write(f"88.118.8/{i:06d}", None) for i in range(0, 20_000, 2)])
+    await sqlite_store.write([Write(f"88.118.8/{i:06d}a", url(i)) for i in range(5)])
+    assert await sqlite_store.list_keys("88.118.8", offset=9_000, limit=2) == ["88.118.8/017991", "88.118.8/017993"]
+    assert await sqlite_store.count_prefix("88.118.8") == 10_005
 
 
 async def test_a_snapshot_reads_every_record_by_cursor_and_a_resync_finds_keys_between(storage: Storage) -> None:

@@ -19,7 +19,7 @@ from resolver.codec import pack_values
 from resolver.errors import HandleError
 from resolver.records import Record
 from resolver.storage.base import Write
-from resolver.storage.sqlite import SQLiteStorage
+from resolver.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
 from tests.resolver.storage.cases import EVERY_FORMAT, make_v3_file, url
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
@@ -100,7 +100,7 @@ async def test_a_version_1_file_is_upgraded_in_place(tmp_path: Path) -> None:
     finally:
         await store.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
         assert [row[1] for row in db.execute("PRAGMA table_info(handles)")] == ["key", "vals", "seq"]
         assert (
             db.execute(
@@ -166,7 +166,7 @@ async def test_a_version_3_file_gets_its_counts_and_digest_buckets_once(tmp_path
         await store.close()
         await fresh.close()
     with sqlite3.connect(tmp_path / "v3.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     db.close()
 
 

@@ -1,5 +1,5 @@
 """What one write batch changes (resolver.storage.write_batch.plan), with no database: which writes are left
-out, the change rows, and the count and bucket deltas, which must equal a recount from scratch."""
+out, the change rows, and the count, bucket and rank deltas, which must equal a recount from scratch."""
 
 from __future__ import annotations
 
@@ -66,6 +66,9 @@ def test_deltas_take_the_stored_state_to_the_state_after_the_batch(
         dn, dh = moved.get(bucket, (0, [0, 0, 0, 0]))
         assert n0 + dn == n1
         assert list(lanes(h0 ^ h1)) == list(dh)
+    # The listing ranks move by the keys that became records and the records deleted, each once.
+    assert sorted(decided.added) == sorted(after.keys() - stored.keys())
+    assert sorted(decided.removed) == sorted(stored.keys() - after.keys())
 
 
 @settings(max_examples=200, deadline=None)
