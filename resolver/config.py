@@ -19,6 +19,7 @@ from resolver.upstream import DEFAULT_UPSTREAM_CONFIG, UpstreamConfig
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "DURABILITY",
     "Limits",
     "NodeSpec",
     "Role",
@@ -30,6 +31,7 @@ CHANGE_LOG_MAX_AGE = 7 * 86400.0  # seconds a change-log entry is kept for a mir
 
 Role = Literal["top", "secondary", "enterprise", "recursive"]
 ROLES: tuple[Role, ...] = ("top", "secondary", "enterprise", "recursive")
+DURABILITY = ("full", "normal")  # a node's durability setting, as the SQLite synchronous level it sets
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,12 @@ class NodeSpec:
     # An authoritative node: whether anyone may read its digest (/api/replication/status, .../digest);
     # by default only its operator may.
     public_digest: bool = False
+    # An authoritative node: "full" syncs its SQLite file at every commit (SQLite synchronous=FULL:
+    # an acknowledged write survives a power loss or an OS crash), "normal" only at checkpoints (an
+    # acknowledged write survives a crash or kill of the node, not of the machine).
+    durability: str = "full"
+    # One JSON line per request in the node's log (nodes.shared.access_log).
+    access_log: bool = True
 
     @property
     def scheme(self) -> str:
@@ -223,6 +231,8 @@ def _node(name: str, raw: Any) -> NodeSpec:
         "workers",
         "change_log_max_age",
         "public_digest",
+        "durability",
+        "access_log",
     }
     unknown = set(raw) - known
     if unknown:
@@ -257,11 +267,19 @@ def _node(name: str, raw: Any) -> NodeSpec:
     public_digest = raw.get("public_digest", False)
     if not isinstance(public_digest, bool):
         raise ConfigError(f"{where}: public_digest must be true or false, not {public_digest!r}")
+    access_log = raw.get("access_log", True)
+    if not isinstance(access_log, bool):
+        raise ConfigError(f"{where}: access_log must be true or false, not {access_log!r}")
+    durability = raw.get("durability", "full")
+    if durability not in DURABILITY:
+        raise ConfigError(f"{where}: durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
     if role == "recursive":
         if "prefix" in raw or "sync_mirrors" in raw or "batch_workers" in raw:
             raise ConfigError(f"{where}: a recursive node owns no prefix, has no mirrors and takes no batches")
-        if "change_log_max_age" in raw or "public_digest" in raw:
-            raise ConfigError(f"{where}: change_log_max_age and public_digest belong to authoritative nodes")
+        if "change_log_max_age" in raw or "public_digest" in raw or "durability" in raw:
+            raise ConfigError(
+                f"{where}: change_log_max_age, public_digest and durability belong to authoritative nodes"
+            )
         hints = _str_list(raw.get("root_hints", []), f"{where} root_hints")
         return NodeSpec(
             name,
@@ -274,6 +292,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
             cache=_settings(CacheConfig, raw.get("cache", {}), f"{where} cache"),
             upstream=_settings(UpstreamConfig, raw.get("upstream", {}), f"{where} upstream"),
             workers=workers,
+            access_log=access_log,
             **tls,
         )
     if "cache" in raw or "upstream" in raw or "trusted_servers" in raw or "workers" in raw:
@@ -296,6 +315,8 @@ def _node(name: str, raw: Any) -> NodeSpec:
         batch_workers=batch_workers,
         change_log_max_age=None if max_age is None else float(max_age),
         public_digest=public_digest,
+        durability=durability,
+        access_log=access_log,
         **tls,
     )
 
@@ -331,6 +352,8 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
             allow_plain_credentials=node.allow_plain_credentials,
             change_log_max_age=node.change_log_max_age,
             public_digest=node.public_digest,
+            durability=node.durability,
+            access_log=node.access_log,
         )
     seen: dict[tuple[str, int], str] = {}
     owners: dict[str, str] = {}

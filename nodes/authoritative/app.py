@@ -48,7 +48,7 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     config.db_path.parent.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as resources:
-        store = await SQLiteStorage.open(config.db_path)
+        store = await SQLiteStorage.open(config.db_path, synchronous=config.spec.durability.upper())
         resources.push_async_callback(store.close)
         session = await resources.enter_async_context(
             aiohttp.ClientSession(connector=client_connector(config.topology.tls_ca))

@@ -406,6 +406,8 @@ def test_workers_change_log_age_and_public_digest() -> None:
         ({"change_log_max_age": 0}, "change_log_max_age must be a number of seconds above 0, not 0"),
         ({"change_log_max_age": "1d"}, "change_log_max_age must be a number of seconds above 0, not '1d'"),
         ({"public_digest": 1}, "public_digest must be true or false, not 1"),
+        ({"durability": "fsync"}, "durability must be one of full, normal, not 'fsync'"),
+        ({"access_log": "yes"}, "access_log must be true or false, not 'yes'"),
     ],
 )
 def test_growth_settings_that_are_wrong_are_named(node: dict[str, Any], words: str) -> None:
@@ -419,10 +421,24 @@ def test_growth_settings_that_are_wrong_are_named(node: dict[str, Any], words: s
     [
         ({"workers": 0}, "workers must be a number of processes from 1 to 64, not 0"),
         ({"workers": True}, "workers must be a number of processes from 1 to 64, not True"),
-        ({"public_digest": True}, "change_log_max_age and public_digest belong to authoritative nodes"),
+        ({"public_digest": True}, "change_log_max_age, public_digest and durability belong to authoritative nodes"),
+        ({"durability": "normal"}, "change_log_max_age, public_digest and durability belong to authoritative nodes"),
     ],
 )
 def test_recursive_growth_settings_that_are_wrong_are_named(raw: dict[str, Any], words: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse_topology({"nodes": {"r": {"role": "recursive", "listen": "127.0.0.1:1", **raw}}})
     assert words in str(caught.value)
+
+
+def test_durability_is_full_unless_the_node_says_normal_and_a_mirror_keeps_its_own() -> None:
+    topology = parse_topology(
+        {
+            "nodes": {
+                "e": {"role": "enterprise", "prefix": "88.1", "listen": "127.0.0.1:1"},
+                "m": {"mirror_of": "e", "listen": "127.0.0.1:2", "durability": "normal", "access_log": False},
+            }
+        }
+    )
+    assert (topology.node("e").durability, topology.node("e").access_log) == ("full", True)
+    assert (topology.node("m").durability, topology.node("m").access_log) == ("normal", False)
