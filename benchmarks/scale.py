@@ -219,10 +219,13 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                     handles,
                     concurrency=args.fill_concurrency,
                     interval_ms=args.probe_interval_ms,
+                    rate=args.fill_rate,
                 )
 
             result["recursive"] = _section(
-                f"filling {RECURSIVE} with {args.answers:,} answers, probing every {args.probe_interval_ms:g} ms",
+                f"filling {RECURSIVE} with {args.answers:,} answers "
+                f"({f'{args.fill_rate:g}/s' if args.fill_rate > 0 else 'as fast as it answers'}), "
+                f"probing every {args.probe_interval_ms:g} ms",
                 recursive,
                 console,
             )
@@ -366,7 +369,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--warmup", type=int, default=3, help="seconds of wrk before each throughput figure (0: none)")
     p.add_argument("--register-concurrency", type=int, default=4, help="idres register --concurrency")
-    p.add_argument("--fill-concurrency", type=int, default=32, help="requests in flight while filling the cache")
+    p.add_argument("--fill-concurrency", type=int, default=32, help="most requests in flight while filling the cache")
+    p.add_argument(
+        "--fill-rate",
+        type=float,
+        default=800.0,
+        help="answers a second the fill asks for, on schedule (0: as fast as the node answers)",
+    )
     p.add_argument("--probe-interval-ms", type=float, default=10.0, help="the probe's interval")
     p.add_argument("--recursive-workers", type=int, default=1, help="workers of the recursive node")
     p.add_argument("--seed", type=int, default=0, help="datagen's seed, and the random samples'")

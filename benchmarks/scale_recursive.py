@@ -58,16 +58,26 @@ def _down(samples: Samples) -> dict[str, float]:
     return down
 
 
-async def _resolve(url: str, handles: Iterator[str], concurrency: int, watch: dict[str, Any]) -> dict[str, Any]:
-    """GET every handle through ``url``, ``concurrency`` at a time, while ``/metrics`` is read for
-    upstreams marked down (every server ever seen down goes into ``watch["down"]``)."""
+async def _resolve(
+    url: str, handles: Iterator[str], concurrency: int, rate: float, watch: dict[str, Any]
+) -> dict[str, Any]:
+    """GET every handle through ``url``, at most ``concurrency`` at a time and, with ``rate`` > 0, one
+    every 1/``rate`` s (started on schedule, not when an answer comes back), while ``/metrics`` is
+    read for upstreams marked down (every server ever seen down goes into ``watch["down"]``)."""
     answered = 0
     failures: list[str] = []
     done = asyncio.Event()
+    started = time.perf_counter()
+    sent = 0
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal answered
+        nonlocal answered, sent
         for handle in handles:  # one shared iterator: each handle is taken by one worker
+            if rate > 0:
+                due = started + sent / rate
+                sent += 1
+                if (wait := due - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
             try:
                 async with session.get(url + request_path(handle)) as resp:
                     await resp.read()
@@ -88,7 +98,6 @@ async def _resolve(url: str, handles: Iterator[str], concurrency: int, watch: di
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), METRICS_EVERY)
 
-    started = time.perf_counter()
     connector = aiohttp.TCPConnector(limit=concurrency + 1)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
         watching = asyncio.create_task(watcher(session))
@@ -138,7 +147,7 @@ async def _snapshot(url: str, hot: str | None = None) -> Samples:
 
 
 def fill_and_probe(
-    url: str, pid: int, hot: str, handles: Iterator[str], *, concurrency: int, interval_ms: float
+    url: str, pid: int, hot: str, handles: Iterator[str], *, concurrency: int, interval_ms: float, rate: float = 0.0
 ) -> dict[str, Any]:
     """Fill the recursive node at ``url`` (process ``pid``) with ``handles`` while probing ``hot``."""
     before = asyncio.run(_snapshot(url, hot))
@@ -147,7 +156,7 @@ def fill_and_probe(
     probe = _start_probe(url + request_path(hot), interval_ms)
     try:
         with PeakRss({"recursive": pid}) as rss:
-            fill = asyncio.run(_resolve(url, handles, concurrency, watch))
+            fill = asyncio.run(_resolve(url, handles, concurrency, rate, watch))
     finally:
         probe_figures = _stop_probe(probe)
     after = asyncio.run(_snapshot(url))

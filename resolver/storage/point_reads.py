@@ -25,8 +25,9 @@ from typing import Any
 __all__ = ["MAX_BATCH", "PointReads"]
 
 # Keys per statement: a batch of this many is sent at once, without waiting for the loop turn to
-# end, so one statement stays short (~1 ms) and later GETs start another on another connection.
-MAX_BATCH = 256
+# end, so the GETs of a busy turn spread over several read connections: keys a statement looks up
+# one after the other, and each may wait for the disk (read_pool.READERS).
+MAX_BATCH = 16
 
 _ONE = "SELECT key, vals FROM handles WHERE key = ?"
 # Any number of keys as one JSON array parameter (no bound-variable limit); each is a primary-key probe.

@@ -23,12 +23,12 @@ async def test_concurrent_gets_share_one_statement_and_each_gets_its_own_record(
     store = await SQLiteStorage.open(tmp_path / "points.db", cache_records=0)
     try:
         await store.write([Write(f"88/{i:03d}", url(i)) for i in range(50)])
-        keys = [f"88/{i:03d}" for i in range(0, 50, 2)] + ["88/missing", "88/000"]
+        keys = [f"88/{i:03d}" for i in range(0, 20, 2)] + ["88/missing", "88/000"]
         found = await asyncio.gather(*(store.get(key) for key in keys))
-        assert found[:25] == [Record(f"88/{i:03d}", url(i)) for i in range(0, 50, 2)]
-        assert found[25] is None, "a key with no record is None, whatever the others found"
-        assert found[26] == Record("88/000", url(0)), "a key asked twice in one batch gets its record twice"
-        assert (store._points.statements, store._points.keys) == (1, 26)
+        assert found[:10] == [Record(f"88/{i:03d}", url(i)) for i in range(0, 20, 2)]
+        assert found[10] is None, "a key with no record is None, whatever the others found"
+        assert found[11] == Record("88/000", url(0)), "a key asked twice in one batch gets its record twice"
+        assert (store._points.statements, store._points.keys) == (1, 11)
         assert await store.get("88/001") == Record("88/001", url(1)), "a lone GET is not held back"
         assert store._points.statements == 2
     finally:
