@@ -1,5 +1,7 @@
 # One image for every node of a topology; `docker-compose.yml` runs it once per node with
-# `serve --node NAME --data /data`. Build: docker build -t idres .
+# `serve --node NAME --topology /etc/idres/topology.toml --data /data`, the topology file mounted by
+# compose (deploy/topology-compose.toml), so a changed topology needs no new image.
+# Build: docker build -t idres .
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -24,7 +24,9 @@ def main() -> None:
     default=None,
     help="Output format. Default: from --out's extension, else csv.",
 )
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Default: stdout.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File to write. Default: stdout."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="The same seed writes the same file.")
 def datagen(count: int, prefix: str, fmt: str | None, out: Path | None, seed: int) -> None:
     """Write COUNT realistic records for `idres register`: production batches, cars and their parts,
@@ -46,8 +48,12 @@ def datagen(count: int, prefix: str, fmt: str | None, out: Path | None, seed: in
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Default: from the name.")
-@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="FILE's format. Default: from its name."
+)
+@click.option(
+    "--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000), help="Records per batch."
+)
 def encode(file: Path, fmt: str | None, batch_size: int) -> None:
     """CPU per record of reading FILE into msgpack batches: the client side of `idres register`
     without the network."""
@@ -74,9 +80,31 @@ def encode(file: Path, fmt: str | None, batch_size: int) -> None:
 
 
 @main.command()
-@click.option("--count", type=click.IntRange(min=1), default=1_000_000, show_default=True)
-@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64))
-@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--count", type=click.IntRange(min=1), default=1_000_000, show_default=True, help="Identifiers to register."
+)
+@click.option(
+    "--concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Batches in flight (idres register --concurrency).",
+)
+@click.option(
+    "--batch-size",
+    default=5000,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Identifiers per batch (idres register --batch-size).",
+)
+@click.option(
+    "--durability",
+    type=click.Choice(["full", "normal"]),
+    default="full",
+    show_default=True,
+    help="The enterprise node's topology key durability (SQLite synchronous FULL or NORMAL), and the "
+    "baseline's synchronous level.",
+)
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
@@ -84,13 +112,14 @@ def encode(file: Path, fmt: str | None, batch_size: int) -> None:
     show_default=True,
     help="Directory for bulk.json.",
 )
-def bulk(count: int, concurrency: int, batch_size: int, out: Path) -> None:
+def bulk(count: int, concurrency: int, batch_size: int, durability: str, out: Path) -> None:
     """Register COUNT generated identifiers into an enterprise node with `idres register`, and the same
     rows with sqlite3 executemany in one transaction (the baseline); rates, ratio, node peak RSS."""
     from benchmarks.bulk import run_bulk
 
-    result = run_bulk(count, out, concurrency, batch_size)
+    result = run_bulk(count, out, concurrency, batch_size, durability)
     click.echo(f"identifiers            {result['identifiers']:>12,}")
+    click.echo(f"durability             {durability:>12}")
     click.echo(
         f"idres register         {result['idres_register']['per_second']:>12,} /s "
         f"({result['idres_register']['seconds']} s, file -> HTTP -> node SQLite)"
@@ -103,6 +132,8 @@ def bulk(count: int, concurrency: int, batch_size: int, out: Path) -> None:
     click.echo(f"node peak RSS          {result['node_peak_rss_mib']:>10} MiB")
     click.echo(f"+ batch workers        {result['node_and_workers_peak_rss_mib']:>10} MiB (node and workers together)")
     click.echo(f"node database          {result['database_mib']:>10} MiB")
+    load = result["load_average"]
+    click.echo(f"load average           {load['before']:>12} before, {load['after']} after")
 
 
 # The load benchmarks parse their own options (``python -m benchmarks resolve --help`` lists them).

@@ -1,11 +1,12 @@
 """``python -m benchmarks bulk``: file -> `idres register` -> an enterprise node's SQLite, against sqlite3.
 
 In one run: generate N records (``benchmarks.datagen``), start an enterprise node (``idres serve`` on a
-copy of the default topology with free ports), time ``idres register`` loading the file over HTTP while
-sampling the resident memory of the node and of its batch worker processes; then insert the same rows
-with plain ``sqlite3`` ``executemany`` in one transaction (the baseline: no HTTP, no validation, no
-change log). Prints both rates, their ratio, the peak RSS of the node (and with its workers) and the
-size of its database, and writes them as JSON.
+copy of the default topology with free ports, its ``durability`` as ``--durability`` asks), time
+``idres register`` loading the file over HTTP while sampling the resident memory of the node and of
+its batch worker processes; then insert the same rows with plain ``sqlite3`` ``executemany`` in one
+transaction at the same synchronous level (the baseline: no HTTP, no validation, no change log).
+Prints both rates, their ratio, the peak RSS of the node (and with its workers) and the size of its
+database, and writes them as JSON.
 """
 
 from __future__ import annotations
@@ -29,11 +30,21 @@ from typing import Any
 import msgpack
 
 from benchmarks.datagen import write
+from benchmarks.tools import SECRET_ENV
 from nodes.running.topology_file import DEFAULT_TOPOLOGY
 
-__all__ = ["run_bulk"]
+__all__ = ["DURABILITY", "run_bulk", "with_durability"]
 
-SECRET = "bulk-benchmark-secret"
+SECRET = "bulk-benchmark-secret"  # of the node this benchmark starts, unless $IDRES_ADMIN_SECRET is set
+DURABILITY = ("full", "normal")  # the topology's durability values (resolver.config.DURABILITY)
+
+
+def with_durability(text: str, node: str, durability: str) -> str:
+    """The topology file ``text`` with ``durability`` set on ``node`` (added first in its table)."""
+    header = f"[nodes.{node}]\n"
+    if text.count(header) != 1:
+        raise ValueError(f"the topology has no single [nodes.{node}] table")
+    return text.replace(header, f'{header}durability = "{durability}"\n')
 
 
 def _free_ports(text: str) -> str:
@@ -76,13 +87,13 @@ def _wait_healthy(url: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{url} did not become healthy")
 
 
-def baseline_sqlite(csv_path: Path, db_path: Path) -> float:
+def baseline_sqlite(csv_path: Path, db_path: Path, durability: str = "full") -> float:
     """Seconds to insert every row of ``csv_path`` (key + msgpack of its cells) with executemany, one
-    transaction, WAL + synchronous=NORMAL like the node: the floor of what SQLite itself costs."""
+    transaction, WAL and the node's synchronous level: the floor of what SQLite itself costs."""
     started = time.perf_counter()
     db = sqlite3.connect(db_path)
     db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
     db.execute("CREATE TABLE handles (key TEXT PRIMARY KEY, vals BLOB NOT NULL) WITHOUT ROWID")
     with csv_path.open(newline="", encoding="utf-8") as f:
         rows = csv.reader(f)
@@ -103,7 +114,12 @@ def baseline_sqlite(csv_path: Path, db_path: Path) -> float:
     return time.perf_counter() - started
 
 
-def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int) -> dict[str, Any]:
+def run_bulk(
+    count: int, out_dir: Path | None, concurrency: int, batch_size: int, durability: str = "full"
+) -> dict[str, Any]:
+    if durability not in DURABILITY:
+        raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="idres-bulk-"))
     data_file = work / "records.csv"
     started = time.perf_counter()
@@ -112,11 +128,12 @@ def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int
     generated = time.perf_counter() - started
 
     topology = work / "topology.toml"
-    topology.write_text(_free_ports(DEFAULT_TOPOLOGY.read_text()))
+    topology.write_text(with_durability(_free_ports(DEFAULT_TOPOLOGY.read_text()), "automaker", durability))
     import tomllib
 
     url = "http://" + tomllib.loads(topology.read_text())["nodes"]["automaker"]["listen"]
-    env = {**os.environ, "IDRES_ADMIN_SECRET": SECRET, "IDRES_SECRET": SECRET}
+    secret = os.environ.get(SECRET_ENV) or SECRET
+    env = {**os.environ, SECRET_ENV: secret, "IDRES_SECRET": secret}
     node = subprocess.Popen(
         [
             sys.executable,
@@ -182,7 +199,7 @@ def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int
         node.wait(timeout=20)
 
     database = sum(f.stat().st_size for f in (work / "data").glob("automaker.sqlite3*"))
-    base_seconds = baseline_sqlite(data_file, work / "baseline.sqlite3")
+    base_seconds = baseline_sqlite(data_file, work / "baseline.sqlite3", durability)
     result = {
         "identifiers": count,
         "idres_register": {"seconds": round(loaded, 2), "per_second": round(count / loaded)},
@@ -193,7 +210,8 @@ def run_bulk(count: int, out_dir: Path | None, concurrency: int, batch_size: int
         "database_mib": round(database / 1_048_576, 1),  # records and change log, after the node stopped
         "node_and_workers_peak_rss_mib": round(total_peak / 1024, 1),
         "generate_seconds": round(generated, 2),
-        "options": {"concurrency": concurrency, "batch_size": batch_size},
+        "options": {"concurrency": concurrency, "batch_size": batch_size, "durability": durability},
+        "load_average": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "register_summary": load.stdout.strip().splitlines()[-1:] if load.stdout else [],
     }

@@ -33,10 +33,11 @@ from pathlib import Path
 import aiohttp
 import msgpack
 
-from benchmarks.tools import load_cpus, pin, run_wrk, write_paths
+from benchmarks.tools import command_parser, load_cpus, pin, run_wrk, write_paths
 
-__all__ = ["main"]
+__all__ = ["main", "parser"]
 
+SUMMARY = "The recursive node's hot path, this checkout against a git revision (--against REV), side by side."
 ROOT = Path(__file__).resolve().parents[1]
 # A recursive node of a two-node topology, served the way `idres serve` does; this code runs under
 # both versions, so it finds serve_node where each keeps it.
@@ -181,13 +182,21 @@ def compare(rev: str, identifiers: int, rounds: int, duration: float, out: Path 
     return figures
 
 
+def parser() -> argparse.ArgumentParser:
+    p = command_parser("compare", SUMMARY)
+    p.add_argument("--against", required=True, metavar="REV", help="Git revision to compare this checkout with.")
+    p.add_argument(
+        "--identifiers", type=int, default=100_000, metavar="N", help="Cached identifiers the load spreads over."
+    )
+    p.add_argument("--rounds", type=int, default=10, metavar="N", help="Interleaved wrk runs of each version.")
+    p.add_argument("--duration", type=float, default=5.0, metavar="SECONDS", help="Seconds of each wrk run.")
+    p.add_argument(
+        "--json", type=Path, default=Path("bench-results/compare.json"), metavar="PATH", help="Where the figures go."
+    )
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks compare", description=__doc__.splitlines()[0])
-    parser.add_argument("--against", required=True, help="git revision to compare this checkout with")
-    parser.add_argument("--identifiers", type=int, default=100_000, help="cached identifiers the load spreads over")
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved wrk runs of each version")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds of each wrk run")
-    parser.add_argument("--json", type=Path, default=Path("bench-results/compare.json"), help="where the figures go")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     compare(args.against, args.identifiers, args.rounds, args.duration, args.json)
     return 0

@@ -33,13 +33,13 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
-from rich.table import Table
 
-from benchmarks.tools import percentile, request_path
+from benchmarks.tools import command_parser, percentile, request_path, results_table
 from benchmarks.topology import AUTOMAKER_MIRROR, Cluster, cluster, register
 
 __all__ = ["Sample", "analyse", "main", "per_second"]
 
+SUMMARY = "SIGKILL chongqing-top (and an enterprise node with a mirror) under load, restart it; latency over time."
 # Target of issue 5: the p99 of the second in which the primary is killed.
 KILL_SECOND_P99_TARGET_MS = 50.0
 # What a request may take before it counts as failed (the recursive node's own deadline is 3 s).
@@ -295,7 +295,7 @@ def draw(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    with cluster(automaker_mirror=True, secret=args.secret) as bench:
+    with cluster(automaker_mirror=True) as bench:
         for name in args.scenario:
             scenario = SCENARIOS[name]
             count = int(args.rate * args.duration) + 10
@@ -334,9 +334,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 def print_results(results: dict[str, Any], console: Console) -> None:
     for name, result in results.items():
         f = result["figures"]
-        table = Table(title=f"failover '{name}': kill {result['victim']}, backup {result['backup']}")
-        for column in ("second", "requests", "failed", "p50 ms", "p99 ms", "max ms", "primary", "backup"):
-            table.add_column(column, justify="right")
+        table = results_table(
+            f"failover '{name}': kill {result['victim']}, backup {result['backup']}",
+            ("second", "requests", "failed", "p50 ms", "p99 ms", "max ms", "primary", "backup"),
+        )
         for row in result["per_second"]:
             mark = " kill" if int(f["events"]["kill"]) == row["second"] else ""
             mark += " restart" if "restart" in f["events"] and int(f["events"]["restart"]) == row["second"] else ""
@@ -364,16 +365,31 @@ def print_results(results: dict[str, Any], console: Console) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks failover", description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", nargs="+", choices=sorted(SCENARIOS), default=["top", "enterprise"])
-    p.add_argument("--rate", type=float, default=300.0, help="requests per second offered (open loop)")
-    p.add_argument("--duration", type=float, default=30.0, help="seconds of load per scenario")
-    p.add_argument("--kill-at", type=float, default=10.0, help="second at which the node is SIGKILLed")
-    p.add_argument("--restart-at", type=float, default=20.0, help="second at which it is restarted")
-    p.add_argument("--hot-fraction", type=float, default=0.0, help="share of requests for cached identifiers")
-    p.add_argument("--secret", default=None, help="operator secret for the nodes (else $IDRES_ADMIN_SECRET)")
-    p.add_argument("--json", type=Path, default=Path("bench-results/failover.json"))
-    p.add_argument("--png", type=Path, default=Path("bench-results/failover.png"))
+    p = command_parser("failover", SUMMARY, refuse_secret=True)
+    p.add_argument(
+        "--scenario",
+        nargs="+",
+        choices=sorted(SCENARIOS),
+        default=["top", "enterprise"],
+        metavar="NAME",
+        help="Scenarios to run, in order: top (kill chongqing-top; chengdu-top answers meanwhile), enterprise "
+        "(kill automaker; automaker-mirror answers).",
+    )
+    p.add_argument("--rate", type=float, default=300.0, metavar="N", help="Requests per second offered (open loop).")
+    p.add_argument("--duration", type=float, default=30.0, metavar="SECONDS", help="Seconds of load per scenario.")
+    p.add_argument(
+        "--kill-at", type=float, default=10.0, metavar="SECONDS", help="Second at which the node is SIGKILLed."
+    )
+    p.add_argument("--restart-at", type=float, default=20.0, metavar="SECONDS", help="Second at which it is restarted.")
+    p.add_argument(
+        "--hot-fraction", type=float, default=0.0, metavar="F", help="Share of requests for cached identifiers."
+    )
+    p.add_argument(
+        "--json", type=Path, default=Path("bench-results/failover.json"), metavar="PATH", help="Where the figures go."
+    )
+    p.add_argument(
+        "--png", type=Path, default=Path("bench-results/failover.png"), metavar="PATH", help="Where the plot goes."
+    )
     return p
 
 

@@ -37,16 +37,19 @@ from typing import Any
 import aiohttp
 import msgpack
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks.tools import (
+    SECRET_ENV,
     WrkResult,
+    command_parser,
     ensure_wrk,
     load_cpus,
     parse_prometheus,
     pin,
     report,
     request_path,
+    results_table,
+    row_label,
     run_wrk,
     summarize,
     write_paths,
@@ -55,6 +58,16 @@ from benchmarks.topology import COLD_RECURSIVE, Cluster, cluster, free_port, reg
 
 __all__ = ["bench_records", "machine", "main", "run"]
 
+# What the table calls each target (the JSON keeps the keys).
+TARGET_LABELS = {
+    "recursive_hot": "recursive node, hot cache",
+    "baseline_preencoded": "baseline, pre-encoded bytes",
+    "baseline_encode": "baseline, json.dumps per request",
+    "authoritative_automaker": "automaker node directly",
+    "cold_three_level": "cold, nothing cached (3 hops)",
+    "miss_referral_cached": "miss, referral cached (1 hop)",
+}
+SUMMARY = "Hot-cache and cold resolution through the recursive node, against a bare aiohttp baseline (wrk)."
 ENTERPRISES = (("automaker", "88.118.8"), ("batterymaker", "88.119.6"))
 # Targets of issue 5.
 HOT_RATIO_TARGET = 0.9
@@ -288,7 +301,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     cold_count = (args.cold_samples + args.cold_warmup) // 2 + 1
     result: dict[str, Any] = {"machine": machine(), "command": "python -m benchmarks resolve " + " ".join(args.argv)}
     server_cpu, load_cpu = load_cpus()
-    with cluster(topology=args.running, running=args.running is not None, secret=args.secret) as bench:
+    with cluster(topology=args.running, running=args.running is not None) as bench:
         work = bench.path.parent
         console.print(f"registering {per_enterprise * 2:,} identifiers (+{cold_count * 2:,} for cold runs)...")
         result["registration"] = asyncio.run(_register_all(bench, per_enterprise, cold_count))
@@ -385,27 +398,31 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 
 def print_table(result: dict[str, Any], console: Console) -> None:
-    table = Table(title="idres resolve benchmark (wrk -t1, server pinned to one core)")
-    for column in ("target", "req/s (median)", "runs", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "errors"):
-        table.add_column(column, justify="right" if column != "target" else "left")
+    # Short headers and the rounds below the table, so the rows fit 80 columns with their labels whole.
+    table = results_table(
+        "idres resolve benchmark (wrk -t1, server pinned to one core): req/s of the median round, "
+        "latencies in ms; sequential requests for the cold rows",
+        ("target", "req/s", "p50", "p90", "p99", "p99.9", "errors"),
+    )
     for name, figures in result["load"].items():
         lat = figures["latency_ms"]
         table.add_row(
-            name,
+            TARGET_LABELS.get(name, row_label(name)),
             f"{figures['rps_median']:,}",
-            " / ".join(f"{r:,}" for r in figures["rps_runs"]),
             *(f"{lat.get(p, float('nan')):.2f}" for p in ("p50", "p90", "p99", "p99.9")),
             str(figures["failed"] + figures["non_2xx"]),
         )
     for name, figures in result["cold"].items():
         table.add_row(
-            f"{name} (sequential)",
+            f"{TARGET_LABELS.get(name, row_label(name))}, {int(figures['count'])} samples",
             f"{1000 / figures['mean']:,.0f}",
-            f"{int(figures['count'])} samples",
             *(f"{figures[p]:.2f}" for p in ("p50", "p90", "p99", "p99.9")),
             f"{figures['upstream_queries_per_request']:.2f} hops",
         )
     console.print(table)
+    for name, figures in result["load"].items():
+        rounds = " / ".join(f"{r:,}" for r in figures["rps_runs"])
+        console.print(f"rounds, req/s: {TARGET_LABELS.get(name, row_label(name))}: {rounds}")
     t = result["targets"]
     ok_hot = t["hot_ratio_vs_preencoded_paired_median"] >= t["hot_ratio_target"]
     ok_cold = t["cold_p99_ms"] <= t["cold_p99_target_ms"]
@@ -422,22 +439,30 @@ def print_table(result: dict[str, Any], console: Console) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks resolve", description=__doc__.splitlines()[0])
-    p.add_argument("--identifiers", type=int, default=100_000, help="identifiers registered and spread over")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of every wrk target (median reported)")
-    p.add_argument("--cold-samples", type=int, default=2000, help="sequential cold resolutions timed")
-    p.add_argument("--cold-warmup", type=int, default=200, help="cold resolutions before timing (not counted)")
+    p = command_parser("resolve", SUMMARY, refuse_secret=True)
+    p.add_argument(
+        "--identifiers", type=int, default=100_000, metavar="N", help="Identifiers registered and spread over."
+    )
+    p.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="Seconds of each wrk run.")
+    p.add_argument("--connections", type=int, default=64, metavar="N", help="wrk connections.")
+    p.add_argument(
+        "--rounds", type=int, default=5, metavar="N", help="Interleaved rounds of every wrk target (median reported)."
+    )
+    p.add_argument("--cold-samples", type=int, default=2000, metavar="N", help="Sequential cold resolutions timed.")
+    p.add_argument(
+        "--cold-warmup", type=int, default=200, metavar="N", help="Cold resolutions before timing (not counted)."
+    )
     p.add_argument(
         "--running",
         type=Path,
         default=None,
         metavar="TOPOLOGY",
-        help="use the nodes of this topology file, already running, instead of starting them",
+        help=f"Use the nodes of this topology file, already running, instead of starting them (their operator "
+        f"secret in ${SECRET_ENV}).",
     )
-    p.add_argument("--secret", default=None, help="operator secret of the running nodes (else $IDRES_ADMIN_SECRET)")
-    p.add_argument("--json", type=Path, default=Path("bench-results/resolve.json"), help="where to write the figures")
+    p.add_argument(
+        "--json", type=Path, default=Path("bench-results/resolve.json"), metavar="PATH", help="Where the figures go."
+    )
     return p
 
 

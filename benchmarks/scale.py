@@ -56,13 +56,14 @@ from benchmarks.scale_reads import (
     settle,
 )
 from benchmarks.scale_recursive import fill_and_probe
-from benchmarks.tools import ensure_wrk, report, write_paths
+from benchmarks.tools import command_parser, ensure_wrk, report, write_paths
 from benchmarks.topology import cluster
 from nodes.running.topology_file import DEFAULT_TOPOLOGY
 from resolver.client import basic_auth
 
 __all__ = ["TARGETS", "main", "parser", "print_table", "run"]
 
+SUMMARY = "Millions of identifiers in one node, a million answers in the recursive node: issue 12's targets."
 ENTERPRISE, RECURSIVE = "automaker", "recursive"
 # Issue 12's targets (at 10M identifiers and 1M answers, on the 2-CPU machine).
 TARGETS = {
@@ -353,7 +354,7 @@ def print_table(result: dict[str, Any], console: Console) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks scale", description=__doc__.splitlines()[0])
+    p = command_parser("scale", SUMMARY)
     p.add_argument("--identifiers", type=int, default=10_000_000, help="identifiers loaded into the enterprise node")
     p.add_argument("--checkpoint", type=int, default=100_000, help="where GET throughput is first measured")
     p.add_argument("--chunk", type=int, default=1_000_000, help="identifiers registered per idres register run")

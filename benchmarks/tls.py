@@ -38,17 +38,18 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks.resolve import ENTERPRISES, _median_run, bench_records, machine
 from benchmarks.tools import (
     WrkResult,
+    command_parser,
     ensure_wrk,
     load_cpus,
     parse_prometheus,
     pin,
     report,
     request_path,
+    results_table,
     run_wrk,
     summarize,
     write_paths,
@@ -58,6 +59,7 @@ from resolver.tls import client_connector
 
 __all__ = ["main", "parser", "print_table", "run"]
 
+SUMMARY = "Hot-cache, new-connection and cold resolution over plain HTTP and over HTTPS, side by side (wrk)."
 VARIANTS = ("plain", "tls")
 NEW_CONNECTION = ("-H", "Connection: close")
 UPSTREAM_COUNT = "idres_upstream_rtt_seconds_count"
@@ -276,9 +278,10 @@ def _ratio(plain: float, tls: float) -> str:
 
 
 def print_table(result: dict[str, Any], console: Console) -> None:
-    table = Table(title="idres over plain HTTP and HTTPS (wrk -t1, server pinned to one core)")
-    for column in ("measure", "plain HTTP", "TLS", "TLS / plain"):
-        table.add_column(column, justify="left" if column == "measure" else "right")
+    table = results_table(
+        "idres over plain HTTP and HTTPS (wrk -t1, server pinned to one core)",
+        ("measure", "plain HTTP", "TLS", "TLS / plain"),
+    )
     connections = result["setup"]["connections"]
     labels = {
         "hot_keepalive": f"hot cache, {connections} keep-alive connections",
@@ -331,15 +334,25 @@ def _schemes(figures: dict[str, Any]) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks tls", description=__doc__.splitlines()[0])
-    p.add_argument("--identifiers", type=int, default=20_000, help="identifiers registered and spread over")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every wrk target (median reported)")
-    p.add_argument("--cold-samples", type=int, default=500, help="sequential cold resolutions timed on each topology")
-    p.add_argument("--cold-warmup", type=int, default=100, help="cold resolutions before timing (not counted)")
-    p.add_argument("--skip-new-connections", action="store_true", help="do not measure a new connection per request")
-    p.add_argument("--json", type=Path, default=Path("bench-results/tls.json"), help="where to write the figures")
+    p = command_parser("tls", SUMMARY)
+    p.add_argument(
+        "--identifiers", type=int, default=20_000, metavar="N", help="Identifiers registered and spread over."
+    )
+    p.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="Seconds of each wrk run.")
+    p.add_argument("--connections", type=int, default=64, metavar="N", help="wrk connections.")
+    p.add_argument(
+        "--rounds", type=int, default=3, metavar="N", help="Interleaved rounds of every wrk target (median reported)."
+    )
+    p.add_argument(
+        "--cold-samples", type=int, default=500, metavar="N", help="Sequential cold resolutions timed on each topology."
+    )
+    p.add_argument(
+        "--cold-warmup", type=int, default=100, metavar="N", help="Cold resolutions before timing (not counted)."
+    )
+    p.add_argument("--skip-new-connections", action="store_true", help="Do not measure a new connection per request.")
+    p.add_argument(
+        "--json", type=Path, default=Path("bench-results/tls.json"), metavar="PATH", help="Where the figures go."
+    )
     return p
 
 

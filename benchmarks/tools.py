@@ -2,8 +2,9 @@
 
 wrk is closed-loop: each of its connections sends the next request only when the previous answer
 arrived, so a server that stalls is sent less and its stall is under-counted (coordinated omission,
-``shared/reference/perf.md`` §5). Its requests/s are throughput at saturation; its percentiles are
-service times at that concurrency, not latencies at a fixed offered rate.
+the reason wrk2 times each request from when it was due). Its requests/s are throughput at
+saturation; its percentiles are service times at that concurrency, not latencies at a fixed offered
+rate. The help of every ``python -m benchmarks`` command and their result tables are made here too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import textwrap
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,10 +24,15 @@ from typing import Any
 from urllib.parse import quote
 
 from rich.console import Console
+from rich.table import Table
+
+from nodes.running.operator_secrets import ENV_SECRET
 
 __all__ = [
+    "SECRET_ENV",
     "SPREAD_LUA",
     "WrkResult",
+    "command_parser",
     "ensure_wrk",
     "parse_duration",
     "parse_prometheus",
@@ -34,6 +41,8 @@ __all__ = [
     "pin",
     "report",
     "request_path",
+    "results_table",
+    "row_label",
     "run_wrk",
     "summarize",
     "write_paths",
@@ -43,6 +52,11 @@ SPREAD_LUA = Path(__file__).with_name("lua") / "spread.lua"
 _JSON_MARK = "IDRES-WRK-JSON "
 # The same characters the resolver's own client leaves unencoded in a handle (resolver/client.py).
 _SAFE = "/:@!$&'()*+,;=-._~"
+
+
+# The operator secret of the nodes a benchmark starts or measures comes from the environment, as the
+# nodes' own does: a secret on the command line is in `ps` and in shell histories.
+SECRET_ENV = ENV_SECRET
 
 
 class ToolError(RuntimeError):
@@ -265,3 +279,94 @@ def report(
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"figures written to {args.json}")
     return 0
+
+
+# -- the commands' help and result tables -----------------------------------------------------------
+
+
+_NO_DEFAULT = (None, False, argparse.SUPPRESS)  # defaults not worth showing (a flag's False); 0 is shown
+
+
+class _ClickStyle(argparse.HelpFormatter):
+    """argparse help laid out as click lays out the other benchmark commands' (``python -m benchmarks
+    bulk --help``): "Usage: ... [OPTIONS]", the description indented, "Options:", each option's
+    default after its help as ``[default: X]``."""
+
+    def add_usage(
+        self, usage: str | None, actions: Iterable[argparse.Action], groups: Any, prefix: str | None = None
+    ) -> None:
+        super().add_usage(usage, actions, groups, prefix="Usage: ")
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "\n".join(
+            textwrap.fill(p, width, initial_indent="  ", subsequent_indent="  ") for p in text.split("\n\n")
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)  # paths stay whole
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = (action.help or "").replace("%", "%%")  # argparse %-formats help strings
+        default = action.default
+        if action.option_strings and not action.required and all(default is not v for v in _NO_DEFAULT):
+            shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+            text += f"  [default: {shown.replace('%', '%%')}]"
+        return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Lists ``--help`` last among the options, as click does."""
+
+    def format_help(self) -> str:
+        actions = self._optionals._group_actions
+        actions.sort(key=lambda action: "--help" in action.option_strings)  # stable: the rest keep their order
+        return super().format_help()
+
+
+def _refusing(message: str) -> type[argparse.Action]:
+    """An option that is gone: naming it stops with ``message``, what to do instead."""
+
+    class Refused(argparse.Action):
+        def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+            parser.error(message)
+
+    return Refused
+
+
+def command_parser(command: str, description: str, *, refuse_secret: bool = False) -> argparse.ArgumentParser:
+    """The option parser of ``python -m benchmarks COMMAND``, in the one help style of every command.
+    ``description`` is the command's one sentence, the same as its entry in ``python -m benchmarks
+    --help``. With ``refuse_secret``, the old ``--secret`` option stops with where the secret comes
+    from now (``SECRET_ENV``)."""
+    parser = _Parser(
+        prog=f"python -m benchmarks {command}",
+        usage="%(prog)s [OPTIONS]",
+        description=description,
+        formatter_class=_ClickStyle,
+        add_help=False,
+    )
+    parser._optionals.title = "Options"
+    parser.add_argument("--help", action="help", help="Show this message and exit.")
+    if refuse_secret:
+        gone = (
+            f"--secret is gone: set {SECRET_ENV} in the environment instead "
+            "(a secret on the command line shows in ps and in shell histories)"
+        )
+        parser.add_argument("--secret", nargs="?", action=_refusing(gone), help=argparse.SUPPRESS)
+    return parser
+
+
+# Row labels of result tables: a benchmark's keys (``recursive_hot``) with spaces, so a narrow
+# terminal wraps them between words.
+def row_label(key: str) -> str:
+    return key.replace("_", " ")
+
+
+def results_table(title: str, columns: Sequence[str]) -> Table:
+    """A table of figures that stays readable in 80 columns: the first column holds the row labels
+    (left), the others figures (right); a cell too wide wraps, at spaces and else anywhere
+    (``overflow="fold"``), instead of ending in "…", so no two rows' labels are cut to the same text."""
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right", overflow="fold")
+    return table

@@ -146,7 +146,6 @@ def cluster(
     topology: Path | None = None,
     running: bool = False,
     data: Path | None = None,
-    secret: str | None = None,
     automaker_mirror: bool = False,
     tls: bool = False,
 ) -> Iterator[Cluster]:
@@ -154,12 +153,14 @@ def cluster(
 
     By default: the default topology on free ports plus ``recursive-cold`` (and ``automaker-mirror``
     when asked), seeded with the delegations. With ``running``, ``topology`` names a topology whose
-    nodes already run (its operator secret in ``secret``): only ``recursive-cold`` is started beside it.
+    nodes already run: only ``recursive-cold`` is started beside it. The operator secret is
+    ``$IDRES_ADMIN_SECRET`` (the running nodes'), else ``DEFAULT_SECRET`` for the nodes started here;
+    never an option, which ``ps`` and shell histories would show.
     With ``tls``, every node serves HTTPS (a local CA under the data directory); not with ``running``.
     """
     if tls and running:
         raise ValueError("tls starts its own nodes with their own CA: it cannot be combined with running")
-    secret = secret or os.environ.get(ENV_SECRET) or DEFAULT_SECRET
+    secret = os.environ.get(ENV_SECRET) or DEFAULT_SECRET
     with tempfile.TemporaryDirectory(prefix="idres-bench-") as tmp:
         work = Path(tmp)
         data = data or work / "data"

@@ -29,15 +29,24 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks.resolve import ENTERPRISES, _median_run, bench_records, machine
-from benchmarks.tools import WrkResult, ensure_wrk, parse_prometheus, report, run_wrk, write_paths
+from benchmarks.tools import (
+    WrkResult,
+    command_parser,
+    ensure_wrk,
+    parse_prometheus,
+    report,
+    results_table,
+    run_wrk,
+    write_paths,
+)
 from benchmarks.topology import Cluster, cluster, register
 from nodes.running.topology_file import DEFAULT_TOPOLOGY
 
 __all__ = ["main", "parser", "run"]
 
+SUMMARY = "The recursive node's hot-cache throughput with 1 and with N worker processes (--workers N), side by side."
 WARM_ROUNDS = 12  # wrk runs of WARM_SECONDS at most, until every worker holds every identifier
 WARM_SECONDS = 5.0
 
@@ -127,9 +136,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 def print_table(result: dict[str, Any], console: Console) -> None:
     n = next(int(k.split("_")[1]) for k in result if k.startswith("workers_") and k != "workers_1")
-    table = Table(title=f"recursive node, hot cache: 1 worker and {n} workers (wrk -t1, same machine)")
-    for column in ("measure", "1 worker", f"{n} workers"):
-        table.add_column(column, justify="right")
+    table = results_table(
+        f"recursive node, hot cache: 1 worker and {n} workers (wrk -t1, same machine)",
+        ("measure", "1 worker", f"{n} workers"),
+    )
     one, many = result["workers_1"], result[f"workers_{n}"]
     table.add_row("req/s (median)", f"{one['rps']:,}", f"{many['rps']:,}")
     table.add_row(
@@ -145,13 +155,17 @@ def print_table(result: dict[str, Any], console: Console) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks workers", description=__doc__.splitlines()[0])
-    p.add_argument("--workers", type=int, default=2, help="worker processes of the second recursive node")
-    p.add_argument("--identifiers", type=int, default=20_000, help="identifiers registered and spread over")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk run")
-    p.add_argument("--connections", type=int, default=64, help="wrk connections")
-    p.add_argument("--rounds", type=int, default=4, help="rounds; each runs both nodes back to back")
-    p.add_argument("--json", type=Path, default=Path("bench-results/workers.json"), help="where to write the figures")
+    p = command_parser("workers", SUMMARY)
+    p.add_argument("--workers", type=int, default=2, metavar="N", help="Worker processes of the second recursive node.")
+    p.add_argument(
+        "--identifiers", type=int, default=20_000, metavar="N", help="Identifiers registered and spread over."
+    )
+    p.add_argument("--duration", type=float, default=10.0, metavar="SECONDS", help="Seconds of each wrk run.")
+    p.add_argument("--connections", type=int, default=64, metavar="N", help="wrk connections.")
+    p.add_argument("--rounds", type=int, default=4, metavar="N", help="Rounds; each runs both nodes back to back.")
+    p.add_argument(
+        "--json", type=Path, default=Path("bench-results/workers.json"), metavar="PATH", help="Where the figures go."
+    )
     return p
 
 

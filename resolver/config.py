@@ -80,6 +80,12 @@ class NodeSpec:
     durability: str = "full"
     # One JSON line per request in the node's log (nodes.shared.access_log).
     access_log: bool = True
+    # The pages and proxy redirects for people (nodes.web): always on a recursive node, on an
+    # authoritative node for its own identifiers only when this is set.
+    front_door: bool = False
+    # The address people reach the node at (e.g. https://id.example.com behind a proxy): what QR
+    # codes and page links name. None: the address of each request.
+    public_url: str | None = None
 
     @property
     def scheme(self) -> str:
@@ -233,6 +239,8 @@ def _node(name: str, raw: Any) -> NodeSpec:
         "public_digest",
         "durability",
         "access_log",
+        "front_door",
+        "public_url",
     }
     unknown = set(raw) - known
     if unknown:
@@ -270,15 +278,24 @@ def _node(name: str, raw: Any) -> NodeSpec:
     access_log = raw.get("access_log", True)
     if not isinstance(access_log, bool):
         raise ConfigError(f"{where}: access_log must be true or false, not {access_log!r}")
+    front_door = raw.get("front_door", False)
+    if not isinstance(front_door, bool):
+        raise ConfigError(f"{where}: front_door must be true or false, not {front_door!r}")
+    public_url = raw.get("public_url")
+    if public_url is not None and (
+        not isinstance(public_url, str) or not public_url.startswith(("http://", "https://")) or " " in public_url
+    ):
+        raise ConfigError(f"{where}: public_url must be an http:// or https:// address, not {public_url!r}")
     durability = raw.get("durability", "full")
     if durability not in DURABILITY:
         raise ConfigError(f"{where}: durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
     if role == "recursive":
         if "prefix" in raw or "sync_mirrors" in raw or "batch_workers" in raw:
             raise ConfigError(f"{where}: a recursive node owns no prefix, has no mirrors and takes no batches")
-        if "change_log_max_age" in raw or "public_digest" in raw or "durability" in raw:
+        if "change_log_max_age" in raw or "public_digest" in raw or "durability" in raw or "front_door" in raw:
             raise ConfigError(
-                f"{where}: change_log_max_age, public_digest and durability belong to authoritative nodes"
+                f"{where}: change_log_max_age, public_digest, durability and front_door belong to authoritative nodes"
+                " (a recursive node always has its front door)"
             )
         hints = _str_list(raw.get("root_hints", []), f"{where} root_hints")
         return NodeSpec(
@@ -293,6 +310,7 @@ def _node(name: str, raw: Any) -> NodeSpec:
             upstream=_settings(UpstreamConfig, raw.get("upstream", {}), f"{where} upstream"),
             workers=workers,
             access_log=access_log,
+            public_url=public_url.rstrip("/") if public_url else None,
             **tls,
         )
     if "cache" in raw or "upstream" in raw or "trusted_servers" in raw or "workers" in raw:
@@ -317,6 +335,8 @@ def _node(name: str, raw: Any) -> NodeSpec:
         public_digest=public_digest,
         durability=durability,
         access_log=access_log,
+        front_door=front_door,
+        public_url=public_url.rstrip("/") if public_url else None,
         **tls,
     )
 
@@ -354,6 +374,8 @@ def parse_topology(raw: Mapping[str, Any]) -> Topology:
             public_digest=node.public_digest,
             durability=node.durability,
             access_log=node.access_log,
+            front_door=node.front_door,
+            public_url=node.public_url,
         )
     seen: dict[tuple[str, int], str] = {}
     owners: dict[str, str] = {}

@@ -19,7 +19,7 @@ from typing import Any, Literal, assert_never
 from resolver.cache import Cache, Entry, Found, Refresh, Stale
 from resolver.errors import UpstreamError
 from resolver.names import Handle, parent_prefix
-from resolver.resolution import Answer, Hop, Resolution, prefix_unregistered
+from resolver.resolution import Answer, Hop, Resolution, ResolutionFailed, prefix_unregistered
 from resolver.sites import SiteServer, site_servers
 from resolver.upstream import Upstreams
 from resolver.walk import QueryHook, Transport, drive
@@ -34,6 +34,8 @@ class Resolved:
     entry: Entry  # ``entry.values`` is None when the handle does not exist
     cache: CacheUse
     hops: tuple[Hop, ...] = ()
+    """Every try made for this request (none for a hit): the answering walk's, a failed walk's before
+    a stale answer, and both walks' when a retry from an expired referral followed a failed one."""
 
 
 class RecursiveResolver:
@@ -80,9 +82,9 @@ class RecursiveResolver:
             case Stale(entry):
                 try:
                     return await self._shared_walk(handle)
-                except UpstreamError:
+                except UpstreamError as exc:
                     self.cache.served_stale()  # RFC 8767: an expired answer beats no answer
-                    return Resolved(entry, "stale")
+                    return Resolved(entry, "stale", exc.hops if isinstance(exc, ResolutionFailed) else ())
             case None:
                 return await self._shared_walk(handle)
             case _:
@@ -91,26 +93,30 @@ class RecursiveResolver:
     async def locate(self, handle: Handle) -> Resolution:
         """Walk to the node that answers for ``handle`` (bypassing the answer cache, using cached
         referrals): its ``primary_servers`` take writes and authoritative reads."""
-        return await self._run(handle)
+        resolution, _ = await self._run(handle)
+        return resolution
 
-    async def _run(self, handle: Handle) -> Resolution:
+    async def _run(self, handle: Handle) -> tuple[Resolution, tuple[Hop, ...]]:
         """Drive one resolution; if it fails, retry once from an expired but deeper referral
-        (RFC 8767 applied to delegations: the enterprise node may well be up while the top is not)."""
+        (RFC 8767 applied to delegations: the enterprise node may well be up while the top is not).
+        The resolution that answered, and every try of both (a trace lists each server asked);
+        ResolutionFailed, with every try too, when neither answered."""
         resolution = self._resolution(handle)
         assert resolution is not None
         await self._drive(resolution)
         self._learn(resolution)
-        if resolution.failed is not None:
-            left = resolution.time_left()
-            retry = self._resolution(handle, allow_stale=True, deadline=left) if left > 0 else None
-            if retry is None:
-                raise resolution.failed
-            await self._drive(retry)
-            self._learn(retry)
-            if retry.failed is not None:
-                raise resolution.failed
-            return retry
-        return resolution
+        if resolution.failed is None:
+            return resolution, tuple(resolution.hops)
+        left = resolution.time_left()
+        retry = self._resolution(handle, allow_stale=True, deadline=left) if left > 0 else None
+        if retry is None:
+            raise resolution.failed
+        await self._drive(retry)
+        self._learn(retry)
+        hops = (*resolution.hops, *retry.hops)
+        if retry.failed is not None:
+            raise resolution.failed.with_hops(hops)  # the first failure says what the tree said
+        return retry, hops
 
     def _shared_walk(self, handle: Handle) -> asyncio.Future[Resolved]:
         """Single-flight: one walk per key however many clients miss on it at once."""
@@ -153,23 +159,24 @@ class RecursiveResolver:
     async def _walk(self, handle: Handle) -> Resolved:
         generation = self._generation.get(handle.key, 0)
         try:
-            resolution = await self._run(handle)
-        except UpstreamError as exc:
+            resolution, hops = await self._run(handle)
+        except ResolutionFailed as exc:
             if not prefix_unregistered(exc):
                 raise
             # Every node that could hold it says the prefix is not theirs (an unregistered prefix):
-            # for the client that is "no such handle", as the Handle proxy's "Prefix Not Found" 404.
-            return Resolved(self.cache.store_not_found(handle.key), "miss")
+            # for the client that is "no such handle", as the Handle proxy's "Prefix Not Found" 404;
+            # its trace still names every node asked.
+            return Resolved(self.cache.store_not_found(handle.key), "miss", exc.hops)
         values = resolution.result.values if isinstance(resolution.result, Answer) else None
         if self._generation.get(handle.key, 0) != generation:
             # A write was acknowledged while we walked: our answer may predate it. Give it to the
             # clients already waiting, but do not cache it.
-            return Resolved(self.cache.detached_entry(handle.key, values), "miss", tuple(resolution.hops))
+            return Resolved(self.cache.detached_entry(handle.key, values), "miss", hops)
         if values is not None:
             entry = self.cache.store_answer(handle.key, values)
         else:
             entry = self.cache.store_not_found(handle.key)
-        return Resolved(entry, "miss", tuple(resolution.hops))
+        return Resolved(entry, "miss", hops)
 
     def invalidate(self, handle: Handle) -> None:
         """Forget ``handle`` after a write: its cached entry, any walk in flight, and (for a prefix

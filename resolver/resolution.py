@@ -11,8 +11,10 @@ States and rules (like h11's state table; anything not listed raises RuntimeErro
 
     state      event                                  next state   effect
     ---------  -------------------------------------  -----------  -----------------------------------
-    ASKING     next_query(), deadline passed          FAILED       failed = UpstreamError(attempts)
-    ASKING     next_query(), no untried server left   FAILED       failed = UpstreamError(attempts)
+    ASKING     next_query(), deadline passed          FAILED       failed = ResolutionFailed(attempts,
+                                                                   hops)
+    ASKING     next_query(), no untried server left   FAILED       failed = ResolutionFailed(attempts,
+                                                                   hops)
     ASKING     next_query()                           WAITING      returns Query for the best untried
                                                                    server of the step (Upstreams.order)
     WAITING    on_outcome(Answer | NotFound)          DONE         result, answered_by; health success
@@ -67,6 +69,7 @@ __all__ = [
     "Query",
     "Referral",
     "Resolution",
+    "ResolutionFailed",
     "classify",
     "prefix_unregistered",
 ]
@@ -145,6 +148,21 @@ class Hop:
     ms: float
     detail: str = ""
     """The referred prefix, or why the try failed."""
+
+
+class ResolutionFailed(UpstreamError):
+    """A resolution that ended with no answer. Besides the ``attempts`` (the failed tries, for the
+    message), ``hops`` lists every try in order, the referrals that led there included: what
+    ``trace=true`` shows of a request that failed, or of a prefix that no node serves."""
+
+    def __init__(self, summary: str, *, handle: str, attempts: Sequence[Attempt], hops: Sequence[Hop]) -> None:
+        super().__init__(summary, handle=handle, attempts=attempts)
+        self.summary = summary
+        self.hops = tuple(hops)
+
+    def with_hops(self, hops: Sequence[Hop]) -> ResolutionFailed:
+        """This failure with ``hops`` for its trace (those of a retry added)."""
+        return ResolutionFailed(self.summary, handle=self.handle or "", attempts=self.attempts, hops=hops)
 
 
 # -- reading a node's reply ----------------------------------------------------------------------
@@ -288,7 +306,7 @@ class Resolution:
             self._step = _Step(prefix, _http_only(start[1]))
         self._outstanding: Query | None = None
         self.result: Answer | NotFound | None = None
-        self.failed: UpstreamError | None = None
+        self.failed: ResolutionFailed | None = None
         self.answered_by: SiteServer | None = None
         self.referrals: list[Referral] = []
         """Referrals accepted on the way, top first, for the driver to cache per prefix."""
@@ -401,6 +419,9 @@ class Resolution:
         self.hops.append(Hop(server.url, server.description, "failure", rtt * 1000, reason))
 
     def _fail(self, why: str) -> None:
-        self.failed = UpstreamError(
-            f"could not resolve {self.handle.text}: {why}", handle=self.handle.text, attempts=self.attempts
+        self.failed = ResolutionFailed(
+            f"could not resolve {self.handle.text}: {why}",
+            handle=self.handle.text,
+            attempts=self.attempts,
+            hops=self.hops,
         )

@@ -13,6 +13,7 @@ the recursive node's own pauses of seconds marked healthy upstreams down).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
@@ -31,6 +32,9 @@ __all__ = [
     "UpstreamConfig",
     "Upstreams",
 ]
+
+# Marking a server down and up again is the recursive node's failover: its operator wants both in the log.
+log = logging.getLogger("idres.upstream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +301,8 @@ class Upstreams:
             health.srtt = (1 - alpha) * health.srtt + alpha * rtt
         health.successes += 1
         health.fails = 0
+        if health.down:
+            log.warning("upstream %s is up again (answered in %.0f ms)", url, rtt * 1000)
         health.down = False
         health.last_success = self._clock()
 
@@ -310,6 +316,8 @@ class Upstreams:
         health.last_failure = self._clock()
         health.last_error = reason
         if self.config.max_fails and health.fails >= self.config.max_fails:
+            if not health.down:
+                log.warning("upstream %s marked down after %d failures in a row: %s", url, health.fails, reason)
             health.down = True
 
     def timed_out(self, url: str, reason: str, *, rtt: float, timeout: float) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -18,7 +19,7 @@ from nodes.authoritative.config import CONFIG, AuthoritativeConfig
 from nodes.authoritative.identity import remote_verifier
 from nodes.authoritative.own_prefix import ensure_own_prefix_handle
 from nodes.replication.endpoints import setup_replication
-from nodes.replication.roles import REPLICATION, replicating, starting_role
+from nodes.replication.roles import REPLICATION, Replication, replicating, starting_role
 from nodes.shared.http_api import (
     error_middleware,
     handle_from_path,
@@ -30,6 +31,8 @@ from nodes.shared.http_api import (
 )
 from nodes.shared.metrics import METRICS, NodeMetrics, count_requests, gauge, metrics_handler
 from nodes.shared.openapi import openapi_handler
+from nodes.web import add_front_door, no_such_route, setup_cors
+from nodes.web.authoritative import authority_lookup, no_topology
 from resolver.bodies import answer_body, not_found_body, referral_body, values_not_found_body
 from resolver.client import HandleClient
 from resolver.errors import ProtocolError
@@ -39,6 +42,8 @@ from resolver.storage import SQLiteStorage
 from resolver.tls import client_connector
 
 __all__ = ["AuthoritativeConfig", "create_app"]
+
+log = logging.getLogger("idres")
 
 
 async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -73,7 +78,26 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
             await ensure_own_prefix_handle(authority, config.topology, config.operator_secret)
         replication = await resources.enter_async_context(replicating(authority, config, role))
         app[AUTHORITY], app[REPLICATION] = authority, replication
+        log.info("%s", _started(config, replication))
         yield
+    log.info("%s stopped: database %s closed", config.spec.name, config.db_path)
+
+
+_WHY = {"topology": "as the topology says", "promoted": "promoted earlier", "demoted": "demoted earlier"}
+
+
+def _started(config: AuthoritativeConfig, replication: Replication) -> str:
+    """The line the node logs once it serves: its role as decided at start, prefix, address, file, peers."""
+    spec = config.spec
+    following = replication.mirror.name if replication.mirror is not None else "?"
+    role = "primary" if replication.role == "primary" else f"mirror of {following}"
+    hosts = f" (also hosts {', '.join(spec.hosts)})" if spec.hosts else ""
+    peers = ", ".join(f"{p.name} {p.url}" for p in replication.peers) or "none"
+    return (
+        f"{spec.name} serving: {spec.role} node, {role} ({_WHY[replication.role_source]}) at epoch "
+        f"{replication.epoch}, prefix {spec.prefix}{hosts}, on {spec.url}; data {config.db_path.resolve()} "
+        f"(durability {spec.durability}); replication peers: {peers}"
+    )
 
 
 async def get_handle(request: web.Request) -> web.Response:
@@ -162,6 +186,8 @@ async def list_handles(request: web.Request) -> web.Response:
         body["pageSize"] = page_size
     if listing.next is not None:
         body["next"] = listing.next
+    if listing.message is not None:
+        body["message"] = listing.message
     return respond(request, 200, body)
 
 
@@ -228,4 +254,8 @@ def create_app(config: AuthoritativeConfig) -> web.Application:
     app.router.add_route("DELETE", r"/api/handles/{handle:[\s\S]+}", delete_handle)
     setup_batch(app, DEFAULT_WORKERS if config.spec.batch_workers is None else config.spec.batch_workers)
     setup_replication(app)
+    if config.spec.front_door:  # pages and proxy redirects for this node's own identifiers (issue 14)
+        add_front_door(app, authority_lookup(app), no_topology, public_url=config.spec.public_url)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", no_such_route)  # unknown paths: 404, not 405
+    setup_cors(app)
     return app

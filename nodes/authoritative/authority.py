@@ -53,6 +53,14 @@ CREDENTIAL_CACHE_SIZE = 4096
 # ~400 MB. The answer says where to go on ("next"), so nothing is lost, only paged.
 MAX_LIST_PAGE = 10_000
 
+
+def _cut_message(shown: int, total: int, asked: int | None) -> str:
+    """What a listing answer cut to ``MAX_LIST_PAGE`` says: how many it holds and how to ask for the rest."""
+    held = f"{MAX_LIST_PAGE:,} an answer holds"
+    why = f"no pageSize: at most the {held}" if asked is None else f"pageSize {asked:,} is more than the {held}"
+    return f"{shown:,} of {total:,} handles ({why}); ask for the rest with after=<next>, the next of this answer"
+
+
 # (identity, Authorization header, URL of the node asking, which the verifier must never call):
 # whether the identity's home node accepts the credentials (``nodes.authoritative.identity``).
 RemoteVerifier = Callable[[Identity, str, str], Awaitable[bool]]
@@ -103,6 +111,9 @@ class Listing:
     total: int  # every handle of the prefix, not only this page's
     handles: list[str]
     next: str | None  # the cursor (``after=``) of the following page; None when none follows
+    # Why the answer holds fewer handles than were asked for, and how to get the rest (the node's
+    # bound cut it); None when it holds what was asked.
+    message: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,8 +322,9 @@ class Authority:
         """A page of the handles under a prefix, in key order. ``page``/``pageSize`` as HANDLE.NET
         (counted from 0; without them, every handle), counted from the cursor ``after`` (the ``next``
         of an earlier page) when given; at most ``MAX_LIST_PAGE`` handles, ``next`` saying where
-        the rest continue. A page at a cursor costs its own size, a ``page=N`` a few ms more at any
-        depth (the storage finds where the page starts from its rank index, ``resolver.storage.ranks``)."""
+        the rest continue (and ``message`` saying so when that bound cut what was asked). A page at
+        a cursor costs its own size, a ``page=N`` a few ms more at any depth (the storage finds where
+        the page starts from its rank index, ``resolver.storage.ranks``)."""
         prefix = parse_prefix(prefix_text)
         handle = parse_handle(prefix_handle(prefix))
         # Listing a prefix answers for handles *under* it, so route an ordinary handle of that prefix.
@@ -335,8 +347,11 @@ class Authority:
             return Listing(prefix, total, [], None)  # past the end: nothing to read
         # One key more than the page: whether another page follows, known without a count.
         keys = await self.store.list_keys(prefix, after=after, offset=offset, limit=limit + 1)
-        more = len(keys) > limit
-        return Listing(prefix, total, keys[:limit], keys[limit - 1] if more else None)
+        if len(keys) <= limit:
+            return Listing(prefix, total, keys, None)
+        asked = page_size if paged and page_size is not None and page_size > 0 else None  # None: every handle
+        cut = None if asked is not None and asked <= limit else _cut_message(limit, total, asked)
+        return Listing(prefix, total, keys[:limit], keys[limit - 1], cut)
 
     # -- writes ----------------------------------------------------------------------------------
 

@@ -39,16 +39,39 @@ tls_option = click.option(
     help="Serve HTTPS: a local CA and a certificate per node under DATA/tls, made on first use "
     "(clients trust DATA/tls/ca.pem). Certificates of your own go in the topology instead.",
 )
+log_level_option = click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="IDRES_LOG_LEVEL",
+    help="Least severe lines the node logs (not the access log: --no-access-log). Also $IDRES_LOG_LEVEL.",
+)
+access_log_option = click.option(
+    "--access-log/--no-access-log",
+    default=None,
+    envvar="IDRES_ACCESS_LOG",
+    help="One JSON line per request. Default: the topology's `access_log` (on). Also $IDRES_ACCESS_LOG.",
+)
 
 
-def _topology(topology_path: Path | None, data_dir: Path, tls: bool) -> Topology:
-    """The topology file's nodes, on the local CA's HTTPS with ``--tls``; a ClickException if it is wrong."""
-    from nodes.running.local_ca import ensure_local_tls
+def _topology(topology_path: Path | None, data_dir: Path, tls: bool, *, make_tls: bool = True) -> Topology:
+    """The topology file's nodes, on the local CA's HTTPS with ``--tls`` (its files made if missing,
+    unless ``make_tls`` is False: then the CA must be there already); a ClickException if it is wrong."""
+    from nodes.running.local_ca import CA_FILE, ensure_local_tls, local_tls, tls_dir
     from nodes.running.topology_file import load_topology
 
     try:
         topology = load_topology(topology_path)
-        return ensure_local_tls(topology, data_dir) if tls else topology
+        if not tls:
+            return topology
+        if make_tls:
+            return ensure_local_tls(topology, data_dir)
+        if not (tls_dir(data_dir) / CA_FILE).is_file():
+            raise ConfigError(
+                f"no local CA in {tls_dir(data_dir)}: give the --data directory of the nodes started with --tls"
+            )
+        return local_tls(topology, data_dir)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -72,13 +95,42 @@ def main() -> None:
 @topology_option
 @data_option
 @tls_option
-def up(topology_path: Path | None, data_dir: Path, tls: bool) -> None:
-    """Start every node of the topology, register delegations and demo data; Ctrl-C stops them all."""
-    from nodes.running.launcher import up as run_up
+@click.option(
+    "--replace-secrets",
+    is_flag=True,
+    help="Start nodes whose operator secret is not the one they were last started with: they store "
+    "the new one, and the old one stops working. Without it such a start is refused.",
+)
+@log_level_option
+@access_log_option
+def up(
+    topology_path: Path | None,
+    data_dir: Path,
+    tls: bool,
+    replace_secrets: bool,
+    log_level: str,
+    access_log: bool | None,
+) -> None:
+    """Start every node of the topology, register delegations and demo data; Ctrl-C stops them all.
+    Makes the data directory and the operator secrets when they are new."""
+    import os
 
+    # The nodes' `idres serve` reads these (each logs to DATA/logs/NAME.log, nodes.running.launcher).
+    os.environ["IDRES_LOG_LEVEL"] = log_level
+    if access_log is not None:
+        os.environ["IDRES_ACCESS_LOG"] = "1" if access_log else "0"
+    from nodes.running.launcher import busy_ports
+    from nodes.running.launcher import up as run_up
+    from nodes.running.summary import say
+
+    console = Console()
+    refusal = busy_ports(_topology(topology_path, data_dir, False))
+    if refusal is not None:  # said before --tls makes its CA: a refused start creates nothing
+        say(console, refusal, lead="idres up cannot start:")
+        sys.exit(1)
     topology = _topology(topology_path, data_dir, tls)
     path = topology_path.resolve() if topology_path else None
-    sys.exit(run_up(topology, path, data_dir, Console(), tls=tls))
+    sys.exit(run_up(topology, path, data_dir, console, tls=tls, replace_secrets=replace_secrets))
 
 
 @main.command()
@@ -93,6 +145,31 @@ def up(topology_path: Path | None, data_dir: Path, tls: bool) -> None:
     help="Recursive node: processes serving its port together (SO_REUSEPORT), each with its own cache. "
     "Default: the topology's `workers` (1).",
 )
+@log_level_option
+@click.option(
+    "--log-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the log to FILE and the access log beside it (NAME.log: NAME.access.log), each rotated "
+    "(see --log-max-bytes). Default: the terminal (stderr; access log on stdout).",
+)
+@click.option(
+    "--log-max-bytes",
+    type=click.IntRange(min=0),
+    default=10 * 1024 * 1024,
+    show_default=True,
+    envvar="IDRES_LOG_MAX_BYTES",
+    help="With --log-file: rotate a log past this size (0: never).",
+)
+@click.option(
+    "--log-backups",
+    type=click.IntRange(1, 1000),
+    default=5,
+    show_default=True,
+    envvar="IDRES_LOG_BACKUPS",
+    help="With --log-file: rotated files kept per log.",
+)
+@access_log_option
 # Internal: how `idres serve` starts each of a recursive node's workers (nodes.running.workers).
 @click.option("--worker", "worker_index", type=click.IntRange(0, 63), default=None, hidden=True)
 @click.option("--worker-dir", type=click.Path(file_okay=False, path_type=Path), default=None, hidden=True)
@@ -102,6 +179,11 @@ def serve(
     data_dir: Path,
     tls: bool,
     workers: int | None,
+    log_level: str,
+    log_file: Path | None,
+    log_max_bytes: int,
+    log_backups: int,
+    access_log: bool | None,
     worker_index: int | None,
     worker_dir: Path | None,
 ) -> None:
@@ -109,17 +191,20 @@ def serve(
     worker processes, restarted if one dies)."""
     from nodes.running.serve import serve as run_serve
     from nodes.running.serve import serve_worker
+    from nodes.shared.logs import LogSettings
+
+    logs = LogSettings(log_level, log_file, log_max_bytes, log_backups, access_log)
 
     topology = _topology(topology_path, data_dir, tls)
     try:
         if worker_index is not None:
             if worker_dir is None or workers is None or worker_index >= workers:
                 raise click.UsageError("--worker is given by `idres serve` to the workers it starts, with --worker-dir")
-            serve_worker(topology, name, data_dir, worker_index, workers, worker_dir)
+            serve_worker(topology, name, data_dir, worker_index, workers, worker_dir, logs)
             return
         cli_args = ["--data", str(data_dir.resolve()), *(["--tls"] if tls else [])]
         cli_args += ["--topology", str(topology_path.resolve())] if topology_path is not None else []
-        sys.exit(run_serve(topology, name, data_dir, workers, cli_args))
+        sys.exit(run_serve(topology, name, data_dir, workers, cli_args, logs))
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -148,11 +233,66 @@ def check(topology_path: Path | None, data_dir: Path, names: tuple[str, ...]) ->
 @tls_option
 def seed(topology_path: Path | None, data_dir: Path, demo: bool, wait_seconds: float, tls: bool) -> None:
     """Register the topology's delegations and hosted prefixes on nodes that are already running
-    (started with `idres serve` or docker compose), with the operators' credentials; idempotent."""
+    (started with `idres serve` or docker compose), with the operators' credentials; idempotent.
+    It makes no secret: they come from DATA/operator-secrets.json or $IDRES_ADMIN_SECRET."""
     from nodes.running.launcher import seed_running_nodes
 
-    topology = _topology(topology_path, data_dir, tls)
+    topology = _topology(topology_path, data_dir, tls, make_tls=False)
     sys.exit(seed_running_nodes(topology, data_dir, Console(), demo=demo, timeout=wait_seconds))
+
+
+@main.command()
+@topology_option
+@data_option
+@click.option("--tls", is_flag=True, help="The nodes run with `--tls`: ask over HTTPS, trusting DATA/tls/ca.pem.")
+@cacert_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON, for scripts.")
+@click.option(
+    "--timeout",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 60),
+    help="Seconds each request may take (every node is asked at once).",
+)
+@click.option(
+    "--max-lag",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a mirror may go without every change before it needs attention.",
+)
+def status(
+    topology_path: Path | None,
+    data_dir: Path,
+    tls: bool,
+    cacert: str | None,
+    as_json: bool,
+    timeout: float,
+    max_lag: float,
+) -> None:
+    """Show every node of the topology at once: up or down, role, epoch, prefix, records, change-log
+    position, each mirror's lag and whether its data agrees with its primary's, the recursive node's
+    cache and the upstreams it marks down.
+
+    Record counts and digests need the operator secret: IDRES_ADMIN_SECRET, else DATA/operator-secrets.json
+    (read only; never from the command line). Exit status: 0 when all is well, 1 when something needs
+    attention (a node down, a mirror not following, lagging or disagreeing with its primary, an
+    upstream marked down), 2 when the status could not be taken (bad options, topology or CA file).
+    """
+    from nodes.cli.status_view import run_status
+    from nodes.running.local_ca import local_tls
+    from nodes.running.topology_file import load_topology
+
+    try:
+        topology = load_topology(topology_path)
+        topology = local_tls(topology, data_dir) if tls else topology
+        code = run_status(
+            topology, data_dir, cafile=cacert, as_json=as_json, timeout=timeout, max_lag=max_lag, console=Console()
+        )
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(code)
 
 
 @main.command()
@@ -163,9 +303,19 @@ def topology() -> None:
     click.echo(DEFAULT_TOPOLOGY.read_text(encoding="utf-8"), nl=False)
 
 
+def _server_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A ``--server`` that is a base URL with its scheme (``127.0.0.1:8300`` is refused, naming the fix)."""
+    from resolver.bulk.preflight import url_problem
+
+    problem = url_problem(value)
+    if problem is not None:
+        raise click.BadParameter(problem, ctx, param)
+    return value
+
+
 @main.command()
 @click.argument("handle")
-@click.option("--server", default=DEFAULT_SERVER, show_default=True, help="Node to start from.")
+@click.option("--server", default=DEFAULT_SERVER, show_default=True, callback=_server_url, help="Node to start from.")
 @click.option("--type", "types", multiple=True, help="Only values of this type (repeatable).")
 @click.option("--index", "indexes", multiple=True, type=int, help="Only the value at this index (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer body (JSON) instead of tables.")
@@ -175,7 +325,7 @@ def resolve(
 ) -> None:
     """Resolve HANDLE, following referrals from SERVER down to the node that holds it; every hop is shown.
     Exit status 1 when HANDLE does not exist, no value matches, or it cannot be resolved."""
-    from nodes.cli.resolve_view import print_walk, walk_from
+    from nodes.cli.resolve_view import print_error, print_walk, walk_from
 
     try:
         # A recursive node, asked for its trace, says which nodes it asked on our behalf.
@@ -185,7 +335,8 @@ def resolve(
     if not as_json:
         print_walk(Console(), handle, walked)
     if walked.error is not None:
-        raise click.ClickException(walked.error.message)
+        print_error(Console(stderr=True), walked.error.message)  # wrapped between words, never cut
+        sys.exit(1)
     if as_json:
         click.echo(json.dumps(walked.body, ensure_ascii=False, indent=2))
     if not walked.found:
@@ -194,10 +345,19 @@ def resolve(
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--server", required=True, help="The node that owns the identifiers' prefix (its primary).")
+@click.option(
+    "--server",
+    required=True,
+    callback=_server_url,
+    help="The node that owns the identifiers' prefix (its primary), e.g. http://127.0.0.1:8300.",
+)
 @click.option("--user", "identity", required=True, help="Who registers: INDEX:HANDLE, e.g. 300:0.NA/88.118.8.")
 @click.option(
-    "--format", "fmt", type=click.Choice(["csv", "jsonl"]), default=None, help="Default: from FILE's extension."
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "jsonl"], case_sensitive=False),
+    default=None,
+    help="Default: from FILE's extension.",
 )
 @click.option("--op", type=click.Choice(["create", "upsert"]), default="create", show_default=True)
 @click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 10_000))
@@ -230,14 +390,13 @@ def register(
 ) -> None:
     """Register the identifiers in FILE (CSV or JSON Lines) on SERVER, in concurrent batches.
 
-    The secret comes from the environment variable IDRES_SECRET, else from a prompt; never from the
-    command line. Exit status: 0 when every record was registered, 1 when any was rejected (they are
-    listed in the report), 2 when registration could not go on (it can then be resumed with --resume).
-    See docs/bulk-registration.md for the file formats.
+    The secret comes from the environment variable IDRES_SECRET, else from a prompt at a terminal
+    (with no terminal, as under cron, the command stops with exit status 2); never from the command
+    line. Exit status: 0 when every record was registered, 1 when any was rejected (they are listed
+    in the report), 2 when registration could not go on (it can then be resumed with --resume if a
+    batch was acknowledged), 130 when interrupted. See docs/bulk-registration.md.
     """
-    import os
-
-    from nodes.cli.register_run import run, show_progress_for
+    from nodes.cli.register_run import read_secret, run, show_progress_for
     from resolver.bulk.register import RegisterOptions, format_for
     from resolver.bulk.sender import RetryPolicy
     from resolver.names import parse_identity
@@ -248,8 +407,12 @@ def register(
         raise click.BadParameter(exc.message, param_hint="--user") from exc
     fmt = fmt or format_for(file.name)
     if fmt is None:
-        raise click.BadParameter(f"cannot tell the format of {file.name} from its name", param_hint="--format")
-    secret = os.environ.get("IDRES_SECRET") or click.prompt(f"Secret of {identity}", hide_input=True, err=True)
+        raise click.BadParameter(
+            f"cannot tell the format of {file.name} from its name (.csv is csv; .jsonl and .ndjson are jsonl): "
+            "give --format csv or --format jsonl",
+            param_hint="--format",
+        )
+    secret = read_secret(identity)
     console = Console(stderr=True)
     options = RegisterOptions(
         file,

@@ -1,11 +1,16 @@
-"""``idres register`` at the terminal: a progress bar, notes, the summary and the exit status."""
+"""``idres register`` at the terminal and in scripts: the secret, a progress bar, notes, the summary
+and the exit status."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import sys
 import time
+from collections.abc import Mapping
 
+import click
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -28,9 +33,38 @@ from resolver.bulk.register import (
     RegisterOptions,
     count_lines,
     register,
+    resumable,
 )
 
-__all__ = ["run", "show_progress_for"]
+__all__ = ["SECRET_ENV", "read_secret", "run", "show_progress_for"]
+
+SECRET_ENV = "IDRES_SECRET"
+# Exit statuses (docs/bulk-registration.md): 1 is only ever "some records were rejected".
+STOPPED = 2
+INTERRUPTED = 130
+
+
+def read_secret(identity: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The secret of ``identity``: IDRES_SECRET, else asked at the terminal without echo. With no
+    terminal (cron, CI, a pipe) there is no one to ask: exit 2 saying to set IDRES_SECRET, rather
+    than a getpass warning and click's "Aborted!" with the status that means rejected records."""
+    secret = environ.get(SECRET_ENV)
+    if secret:
+        return secret
+    if sys.stdin is None or not sys.stdin.isatty():  # None: started with standard input closed
+        click.echo(
+            f"Error: no secret for {identity}: set {SECRET_ENV} (there is no terminal to ask for it on)", err=True
+        )
+        sys.exit(STOPPED)
+    try:
+        answer: str = click.prompt(f"Secret of {identity}", hide_input=True, err=True)
+    except click.Abort as exc:  # Ctrl-C or end of input at the prompt
+        interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+        click.echo(
+            "interrupted: nothing was sent" if interrupted else f"Error: no secret given: set {SECRET_ENV}", err=True
+        )
+        sys.exit(INTERRUPTED if interrupted else STOPPED)
+    return answer
 
 
 class _RateColumn(ProgressColumn):
@@ -60,10 +94,7 @@ def run(options: RegisterOptions, console: Console, *, show_progress: bool, summ
         disable=not show_progress,
         refresh_per_second=4,
     )
-    # The total costs one read of the file at memory speed (~0.1 µs a row): paid only when it is shown.
-    header = 1 if options.fmt == "csv" else 0
-    total = count_lines(options.path) - header if show_progress and options.path.is_file() else None
-    task = bar.add_task(options.path.name, total=total)
+    task = bar.add_task(options.path.name, total=None)
     resumed_at = 0
 
     def started(checkpoint: Checkpoint) -> None:
@@ -77,6 +108,9 @@ def run(options: RegisterOptions, console: Console, *, show_progress: bool, summ
     gc.set_threshold(GC_THRESHOLD, *thresholds[1:])
     began = time.monotonic()
     try:
+        if show_progress and options.path.is_file():
+            # The total costs one read of the file at memory speed (~0.1 µs a row): paid only when shown.
+            bar.update(task, total=count_lines(options.path) - (1 if options.fmt == "csv" else 0))
         with bar, asyncio.Runner(loop_factory=new_event_loop) as runner:
             state, totals = runner.run(
                 register(
@@ -88,15 +122,14 @@ def run(options: RegisterOptions, console: Console, *, show_progress: bool, summ
             )
     except (InputError, OSError) as exc:
         say(console, f"error: {options.path}: {exc}", "red")
-        return 2
+        return STOPPED
     except FatalError as exc:
         say(console, f"error: {exc}", "red")
-        if options.checkpoint_path.exists():
-            say(console, f"what was acknowledged is in {options.checkpoint_path}: run again with --resume")
-        return 2
+        say(console, _where_to_go_on(options))
+        return STOPPED
     except KeyboardInterrupt:
-        say(console, f"interrupted: run again with --resume to go on from {options.checkpoint_path}")
-        return 130
+        say(console, f"interrupted: {_where_to_go_on(options)}")
+        return INTERRUPTED
     finally:
         gc.set_threshold(*thresholds)
     seconds = time.monotonic() - began
@@ -111,6 +144,18 @@ def run(options: RegisterOptions, console: Console, *, show_progress: bool, summ
         say(out, f"rejected items (line, handle, responseCode, message): {options.report_path}")
         return 1
     return 0
+
+
+def _where_to_go_on(options: RegisterOptions) -> str:
+    """How to go on after a stop: from the checkpoint only when there is one to go on from (this
+    run's, or an earlier run's that this run left alone), never from one that was not written."""
+    found = resumable(options)
+    if found is None:
+        return "no batch was acknowledged, so there is nothing to resume: run the same command again"
+    return (
+        f"lines 1 to {found.lines:,} are done ({options.checkpoint_path}): run the same command "
+        "with --resume to go on from there"
+    )
 
 
 def show_progress_for(console: Console, quiet: bool) -> bool:

@@ -8,8 +8,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from resolver.bodies import answer_body, not_found_body, values_not_found_body
 from resolver.client import HandleClient, HttpTransport
@@ -22,7 +26,7 @@ from resolver.tls import client_connector
 from resolver.upstream import Upstreams
 from resolver.walk import WALK_UPSTREAM, walk
 
-__all__ = ["Walked", "print_walk", "walk_from"]
+__all__ = ["Walked", "print_error", "print_walk", "walk_from"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,45 +105,118 @@ def _data_text(value: Mapping[str, Any]) -> str:
     return inner if isinstance(inner, str) else json.dumps(inner, ensure_ascii=False)
 
 
-def print_walk(console: Console, text: str, walked: Walked) -> None:
-    """The path (each hop: node, outcome, ms; and a recursive node's own trace), then the values or
-    what went wrong."""
-    path = Table(title="path", show_edge=False)
-    for column in ("hop", "node", "answer", "ms"):
-        path.add_column(column)
-    rows = [(f"{hop.url} {hop.description}".strip(), _outcome(hop), f"{hop.ms:.1f}") for hop in walked.resolution.hops]
-    # A recursive node reports the walk it made on our behalf (trace=true): show those hops too.
-    trace = walked.last_reply.get("trace") if walked.body is not None else None
+def _fits(console: Console, table: Table) -> bool:
+    """Whether ``table`` fits the console with no cell wrapped or folded (measured with room to
+    spare: a measure within the console's width is clamped to it)."""
+    return Measurement.get(console, console.options.update_width(1 << 16), table).maximum <= console.width
+
+
+def _table(title: str | None, columns: Sequence[str], *, edge: bool = True) -> Table:
+    # fold, never "…": a URL, port or identity cut short is worse than one on two lines (issue 13).
+    # Without edges, columns are two spaces apart instead of three characters: 2 more for the data.
+    table = Table(
+        title=title,
+        show_edge=edge,
+        box=box.HEAVY_HEAD if edge else box.SIMPLE_HEAD,
+        pad_edge=edge,
+        padding=(0, 1) if edge else (0, 1, 0, 0),
+    )
+    for column in columns:
+        table.add_column(column, overflow="fold", justify="right" if column == "ms" else "left")
+    return table
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One row of the path: a hop of this walk, or (``via``) one of the recursive node's own."""
+
+    via: bool
+    url: str
+    description: str
+    answer: str
+    ms: str
+
+
+def _path_rows(walked: Walked) -> list[_Row]:
+    rows = [_Row(False, hop.url, hop.description, _outcome(hop), f"{hop.ms:.1f}") for hop in walked.resolution.hops]
+    # A recursive node reports the walk it made on our behalf (trace=true), for an error too: show it.
+    trace = walked.last_reply.get("trace")
     for step in trace if isinstance(trace, list) else []:
         if isinstance(step, dict):
-            outcome = f", {step['outcome']}" if step.get("outcome") else ""
-            detail = f" {step['detail']}" if step.get("detail") else ""
+            outcome, detail = str(step.get("outcome") or ""), str(step.get("detail") or "")
+            if outcome == "referral":
+                said = f"referral to {detail}"
+            else:
+                said = ": ".join(part for part in (outcome, detail) if part)
+            ms = step.get("ms", 0)
             rows.append(
-                (
-                    f"  via {step.get('address', '')} {step.get('node', '')}".rstrip(),
-                    f"cache {step.get('cache', '')}{outcome}{detail}",
-                    f"{step.get('ms', 0):.1f}",
+                _Row(
+                    True,
+                    str(step.get("address", "")),
+                    str(step.get("node", "")),
+                    f"cache {step.get('cache', '')}" + (f", {said}" if said else ""),
+                    f"{ms:.1f}" if isinstance(ms, int | float) else str(ms),
                 )
             )
-    for i, (node, answer, ms) in enumerate(rows, 1):
-        path.add_row(str(i), node, answer, ms)
-    console.print(path)
+    return rows
+
+
+def _print_path(console: Console, walked: Walked) -> None:
+    """The hops, one row each, the recursive node's own indented under it ("via"); when a row would
+    not fit the console, the node's description goes on a line of its own under its address, so
+    that no address is broken."""
+    rows = _path_rows(walked)
+    for stacked in (False, True):
+        table = _table("path", ("hop", "node", "answer", "ms"), edge=False)
+        for i, row in enumerate(rows, 1):
+            node = f"{row.url}\n{row.description}" if stacked and row.description else f"{row.url} {row.description}"
+            cell = Text(f"via {node}".rstrip() if row.via else node.rstrip())
+            table.add_row(str(i), Padding(cell, (0, 0, 0, 2)) if row.via else cell, Text(row.answer), row.ms)
+        if stacked or _fits(console, table):
+            break
+    console.print(table)
+
+
+def _print_values(console: Console, title: str, values: Sequence[Mapping[str, Any]]) -> None:
+    """The values as a table with their ttl and timestamp; when that does not fit the console, a
+    table of index, type and data, the ttl and timestamp said once under it when every value shares
+    them (as values written together do), else under each value's data."""
+    cells = [
+        (str(v.get("index")), str(v.get("type")), _data_text(v), str(v.get("ttl", "")), str(v.get("timestamp", "")))
+        for v in values
+    ]
+    table = _table(title, ("index", "type", "data", "ttl", "timestamp"))
+    for row in cells:
+        table.add_row(*(Text(cell) for cell in row))  # Text: a value's "[...]" is no markup
+    if _fits(console, table):
+        console.print(table)
+        return
+    shared = {(ttl, stamp) for *_, ttl, stamp in cells}
+    table = _table(title, ("index", "type", "data"), edge=False)
+    for index, kind, data, ttl, stamp in cells:
+        shown = Text(data) if len(shared) == 1 else Text.assemble(data, "\n", (f"ttl {ttl}, {stamp}", "dim"))
+        table.add_row(index, Text(kind), shown)
+    if len(shared) == 1:
+        ttl, stamp = next(iter(shared))
+        table.caption, table.caption_justify = Text(f"every value: ttl {ttl}, timestamp {stamp}"), "left"
+    console.print(table)
+
+
+def print_walk(console: Console, text: str, walked: Walked) -> None:
+    """The path (each hop: node, outcome, ms; and a recursive node's own trace), then the values or
+    what went wrong. Every cell is shown whole at any width: long ones are folded, never cut."""
+    _print_path(console, walked)
     body = walked.body
     if body is None:
-        return  # the caller reports the failure
+        return  # the caller reports the failure (print_error)
     if not walked.found:
         code = body.get("responseCode")
-        console.print(f"[red]{text}: {body.get('message', 'error')} (responseCode {code})[/red]")
+        message = f"{text}: {body.get('message', 'error')} (responseCode {code})"
+        console.print(message, style="red", markup=False, highlight=False)
         return
-    table = Table(title=body.get("handle", text))
-    for column in ("index", "type", "data", "ttl", "timestamp"):
-        table.add_column(column)
-    for value in body.get("values", []):
-        table.add_row(
-            str(value.get("index")),
-            str(value.get("type")),
-            _data_text(value),
-            str(value.get("ttl", "")),
-            str(value.get("timestamp", "")),
-        )
-    console.print(table)
+    _print_values(console, body.get("handle", text), body.get("values", []))
+
+
+def print_error(console: Console, message: str) -> None:
+    """``Error: message``, wrapped at the console's width between words (no value in it is cut)."""
+    console.print(f"Error: {message}", style="red", markup=False, highlight=False)

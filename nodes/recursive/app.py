@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -33,6 +34,8 @@ from nodes.recursive.workers import (
 from nodes.shared.http_api import Handler, guarded, respond
 from nodes.shared.metrics import METRICS, NodeMetrics, UpstreamMetrics, counter, gauge, metrics_handler
 from nodes.shared.openapi import openapi_handler
+from nodes.web import add_front_door, no_such_route, setup_cors
+from nodes.web.recursive import recursive_lookup, recursive_topology
 from resolver.cache import Cache
 from resolver.client import HandleClient, HttpTransport
 from resolver.config import NodeSpec, Topology
@@ -42,6 +45,8 @@ from resolver.tls import client_connector
 from resolver.upstream import Upstreams
 
 __all__ = ["RecursiveConfig", "create_recursive_app", "root_servers"]
+
+log = logging.getLogger("idres")
 
 
 def root_servers(topology: Topology, spec: NodeSpec) -> list[SiteServer]:
@@ -101,7 +106,20 @@ def _cache_metrics(app: web.Application, upstream: UpstreamMetrics) -> Iterable[
     )
 
 
-def _resolver_ctx(cache: Cache, upstream: UpstreamMetrics) -> Callable[[web.Application], AsyncIterator[None]]:
+def _started(config: RecursiveConfig, roots: list[SiteServer], worker: WorkerSlot | None) -> str:
+    """The line the node logs when it starts: what it listens on and where resolutions begin."""
+    spec = config.spec
+    which = f" (worker {worker.index} of {worker.count})" if worker is not None else ""
+    hints = ", ".join(r.url if r.primary else f"{r.url} (mirror)" for r in roots) or "none"
+    return (
+        f"{spec.name} serving: recursive node on {spec.url}{which}; root hints: {hints}; cache up to "
+        f"{config.cache.max_entries} answers; upstream deadline {config.upstream.deadline:g} s"
+    )
+
+
+def _resolver_ctx(
+    cache: Cache, upstream: UpstreamMetrics, worker: WorkerSlot | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """The driver over ``cache`` (which the GET handler reads directly), its HTTP client and the
     background probes of servers marked down, for as long as the application runs. Per-server state
     is bounded: the upstream table forgets servers (never the root hints) and their series go too."""
@@ -122,6 +140,7 @@ def _resolver_ctx(cache: Cache, upstream: UpstreamMetrics) -> Callable[[web.Appl
         app[RECURSIVE] = resolver
         app[CLIENT] = client
         probes = asyncio.create_task(resolver.probe_forever())
+        log.info("%s", _started(config, roots, worker))
         try:
             yield
         finally:
@@ -130,22 +149,9 @@ def _resolver_ctx(cache: Cache, upstream: UpstreamMetrics) -> Callable[[web.Appl
                 await probes
             await resolver.close()
             await session.close()
+            log.info("%s stopped: %d cached answers dropped", config.spec.name, len(cache))
 
     return resolver_ctx
-
-
-async def _no_such_route(request: web.Request) -> web.StreamResponse:
-    """What the router found nothing for: 405 with the allowed methods when the path exists, else
-    "Unknown HTTP API endpoint" (the answers ``error_middleware`` gives on authoritative nodes)."""
-    allowed: set[str] = set()
-    this = request.match_info.route.resource
-    for resource in request.app.router.resources():
-        if resource is not this:
-            _, methods = await resource.resolve(request)
-            allowed |= methods
-    if allowed:
-        raise web.HTTPMethodNotAllowed(request.method, allowed)
-    raise web.HTTPNotFound()
 
 
 def create_recursive_app(config: RecursiveConfig, worker: WorkerSlot | None = None) -> web.Application:
@@ -163,7 +169,7 @@ def create_recursive_app(config: RecursiveConfig, worker: WorkerSlot | None = No
     cache = Cache(config.cache)
     hot = HotPath()
     metrics.add_flush(hot.flush_into(metrics))
-    app.cleanup_ctx.append(_resolver_ctx(cache, upstream))
+    app.cleanup_ctx.append(_resolver_ctx(cache, upstream, worker))
     # After the driver is built: what the node made to start is frozen, so no collection walks the
     # cache's tables while they fill (resolver.cache keeps each answer invisible to the collector).
     app.on_startup.append(freeze_startup_objects)
@@ -188,5 +194,8 @@ def create_recursive_app(config: RecursiveConfig, worker: WorkerSlot | None = No
     app.router.add_get("/healthz", route(health_route))
     app.router.add_get("/metrics", route(metrics_route))
     app.router.add_get("/api/openapi.json", route(openapi_handler))
-    app.router.add_route("*", r"/{tail:[\s\S]*}", route(_no_such_route))
+    # The pages and proxy redirects for people (issue 14): "/" and "/{identifier}", never "/api/...".
+    add_front_door(app, recursive_lookup(app), recursive_topology(app), public_url=config.spec.public_url, wrap=route)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", route(no_such_route))  # after every other route
+    setup_cors(app)  # last: HEAD beside each GET, OPTIONS on /api/, the CORS header
     return app

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from nodes.recursive.config import CLIENT, RECURSIVE, RECURSIVE_CONFIG
+from nodes.shared.access_log import CACHE, HOPS
 from nodes.shared.http_api import credentials, handle_from_path, query_bool, query_int, query_ints, read_bytes, respond
 from resolver.auth import Identity, parse_basic
 from resolver.client import Reply
@@ -36,6 +37,7 @@ from resolver.errors import (
     UpstreamError,
 )
 from resolver.names import Handle, parse_handle, parse_prefix
+from resolver.resolution import ResolutionFailed
 from resolver.trust import channel_allowed, may_receive_credentials
 
 __all__ = [
@@ -169,14 +171,21 @@ async def forward(request: web.Request, route: Handle, body: bytes | None) -> we
     authorization = credentials(request, request.app[RECURSIVE_CONFIG].spec.allow_plain_credentials)
     target = handle_from_path(request) or None
     params = upstream_params(request)
-    located = await request.app[RECURSIVE].locate(route)
+    request[CACHE] = "bypass"  # for the access log, with the upstream requests counted below
+    try:
+        located = await request.app[RECURSIVE].locate(route)
+    except UpstreamError as exc:
+        request[HOPS] = len(exc.hops if isinstance(exc, ResolutionFailed) else exc.attempts)
+        raise
+    request[HOPS] = walked = len(located.hops)
     headers = {k: request.headers[k] for k in _FORWARDED if k in request.headers}
     # The primary first; a site that answers "read-only" (a demoted old primary, after a promotion
     # that the delegation's HS_SITE values do not show yet) passes the write on to the next site.
     servers = (*located.primary_servers, *(s for s in located.step_servers if not s.primary))
     check_credentials_may_go(request, authorization, route, [s.url for s in servers])
     attempts: list[Attempt] = []
-    for server in servers:
+    for asked, server in enumerate(servers, 1):
+        request[HOPS] = walked + asked
         try:
             reply = await request.app[CLIENT].forward(request.method, server.url, target, params, headers, body)
             status, answer = answer_of(server.url, reply)

@@ -18,6 +18,7 @@ is written for it: no middleware, no ``web.AppKey`` lookups and as few calls as 
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from aiohttp import web
 
 from nodes.recursive.config import RECURSIVE, RECURSIVE_CONFIG
 from nodes.recursive.forward import forward
+from nodes.shared.access_log import CACHE, HOPS, RESPONSE_CODE, STARTED
 from nodes.shared.http_api import (
     HANDLES_PATH,
     Handler,
@@ -39,9 +41,10 @@ from resolver.bodies import answer_body, not_found_body, values_not_found_body
 from resolver.cache import Cache, Entry
 from resolver.codec import JSON, MSGPACK, choose_media_type
 from resolver.driver import Resolved
-from resolver.errors import UpstreamError
+from resolver.errors import HandleNotFound, UpstreamError
 from resolver.names import parse_handle
 from resolver.records import filter_values
+from resolver.resolution import Hop, ResolutionFailed
 
 __all__ = ["HotPath", "freeze_startup_objects", "get_handler"]
 
@@ -95,8 +98,10 @@ def get_handler(cache: Cache, hot: HotPath, metrics: NodeMetrics) -> Handler:
     """The GET /api/handles/{handle} handler over ``cache`` (the one the application's driver uses).
     It maps errors and counts requests itself, as ``guarded`` does for the other handlers."""
     served_bytes = cache.served_bytes
+    clock = time.perf_counter
 
     async def get_handle(request: web.Request) -> web.StreamResponse:
+        request[STARTED] = clock()  # for the access log's duration, as the hit's marks below
         raw = request.raw_path
         headers = request.headers
         if "Authorization" not in headers and "%" not in raw and "?" not in raw:  # see step 1 above
@@ -104,11 +109,16 @@ def get_handler(cache: Cache, hot: HotPath, metrics: NodeMetrics) -> Handler:
             if accept is None or choose_media_type(accept) == JSON:
                 served = served_bytes(raw[_TAIL:])
                 if served is not None:
+                    request[CACHE] = "hit"  # for the access log, as responseCode below
                     if served[1] == 404:
                         hot.not_found += 1
-                        return web.Response(body=served[0], status=404, headers=_JSON_HEADERS)
+                        missing = web.Response(body=served[0], status=404, headers=_JSON_HEADERS)
+                        missing[RESPONSE_CODE] = HandleNotFound.response_code
+                        return missing
                     hot.answers += 1
-                    return web.Response(body=served[0], headers=_JSON_HEADERS)
+                    answer = web.Response(body=served[0], headers=_JSON_HEADERS)
+                    answer[RESPONSE_CODE] = 1
+                    return answer
         try:
             response = await _get_slow(request, cache)
         except Exception as exc:
@@ -131,9 +141,15 @@ async def _get_slow(request: web.Request, cache: Cache) -> web.StreamResponse:
     outcomes = request.app[METRICS].resolutions
     try:
         resolved = await request.app[RECURSIVE].resolve_after_lookup(handle, found)
-    except UpstreamError:
+    except UpstreamError as exc:
         outcomes.labels("error").inc()
+        asked = exc.hops if isinstance(exc, ResolutionFailed) else exc.attempts
+        request[CACHE], request[HOPS] = "miss", len(asked)
+        if isinstance(exc, ResolutionFailed) and query_bool(request, "trace"):
+            # The error names every server asked too: error_response knows nothing of traces.
+            return respond(request, exc.http_status, {**exc.to_body(), "trace": _hops(exc.hops)})
         raise
+    request[CACHE], request[HOPS] = resolved.cache, len(resolved.hops)
     entry = resolved.entry
     outcomes.labels("stale" if resolved.cache == "stale" else "answer" if entry.exists else "not_found").inc()
     text = handle.text
@@ -143,7 +159,9 @@ async def _get_slow(request: web.Request, cache: Cache) -> web.StreamResponse:
         media = choose_media_type(request.headers.get("Accept"))
         if media == JSON and query_bool(request, "pretty"):
             return respond(request, entry.status, _body_of(text, entry))
-        return web.Response(body=cache.encoded(entry, text, media), status=entry.status, headers=_HEADERS[media])
+        response = web.Response(body=cache.encoded(entry, text, media), status=entry.status, headers=_HEADERS[media])
+        response[RESPONSE_CODE] = 1 if entry.exists else HandleNotFound.response_code
+        return response
     values = entry.values
     if values is None:
         status, payload = 404, not_found_body(text)
@@ -164,8 +182,16 @@ def _body_of(text: str, entry: Entry) -> dict[str, Any]:
 
 def _trace(request: web.Request, resolved: Resolved) -> list[dict[str, Any]]:
     spec = request.app[RECURSIVE_CONFIG].spec
-    if resolved.cache != "miss":
-        return [{"node": spec.name, "address": spec.url, "ms": 0.0, "cache": resolved.cache}]
+    own = {"node": spec.name, "address": spec.url, "ms": 0.0, "cache": resolved.cache}
+    if resolved.cache == "hit":
+        return [own]
+    hops = _hops(resolved.hops)
+    # Served stale: first this node's expired entry that answered, then the tries that failed.
+    return hops if resolved.cache == "miss" else [own, *hops]
+
+
+def _hops(hops: tuple[Hop, ...]) -> list[dict[str, Any]]:
+    """Each server asked, in order: for the trace of an answer, a "not found" and an error alike."""
     return [
         {
             "node": hop.description or hop.url,
@@ -175,5 +201,5 @@ def _trace(request: web.Request, resolved: Resolved) -> list[dict[str, Any]]:
             "outcome": hop.outcome,
             **({"detail": hop.detail} if hop.detail else {}),
         }
-        for hop in resolved.hops
+        for hop in hops
     ]

@@ -30,8 +30,10 @@ is not unless the topology says ``public_digest = true``):
   ``digest=false`` skips them), ``message`` when writes are refused. A primary adds ``syncMirrors``
   and ``mirrors``: per mirror that polled it, ``appliedSeq``, ``lagSeq`` and ``seenSecondsAgo``. A
   mirror adds appliedSeq (the upstream's seq applied), snapshotSeq, primary (URL), primaryNode,
-  primaryEpoch, connected, lagSeq, lagSeconds (0 while connected and caught up, else seconds since it
-  last was, null if never) and lastError.
+  primaryEpoch, connected, state ("connecting", "copying", "following" or "failing":
+  ``follower.MirrorState``), lagSeq, lagSeconds (0 while connected and caught up, else seconds since
+  it last was, null if never) and lastError (null while all is well, and while the upstream has been
+  unreachable for less than ``follower.CONNECT_GRACE`` seconds: state "connecting" then).
 - ``GET /api/replication/digest[?bucket=B&after_key=K]``: the digest by buckets of the key space, so
   two nodes can find where they differ (``nodes.replication.digests``).
 - ``POST /api/replication/promote`` -> ``{"responseCode": 1, "role": "primary", "epoch": N, "fenced",
@@ -240,8 +242,9 @@ async def get_status(request: web.Request) -> web.Response:
             primaryNode=state.name,
             primaryEpoch=state.primary_epoch,
             connected=state.connected,
+            state=state.state,
             lagSeq=None if state.primary_seq is None else max(state.primary_seq - (applied or 0), 0),
-            lagSeconds=state.lag_seconds(),
+            lagSeconds=state.lag_seconds(applied),
             lastError=state.last_error,
         )
     return respond(request, 200, body)

@@ -16,6 +16,16 @@ The wire format is described in ``nodes.replication.endpoints``. What the puller
 
 Every answer carries the upstream's epoch; ``check_epoch`` refuses one below this node's own (the
 upstream was superseded by a promotion) and adopts a higher one.
+
+What the puller reports (``MirrorState``, shown by ``/api/replication/status``): ``state`` is
+"connecting" until the upstream first answers (and again after the link fails), "copying" while a
+snapshot streams in, "following" once it follows the change log, and "failing" while ``lastError``
+names a problem. A failure to reach the upstream (refused, cut, timed out) is a restart in progress
+until it has lasted ``CONNECT_GRACE`` seconds: until then the mirror says "connecting" and names no
+error. Anything else the upstream answers wrong (a bad page, a lower epoch, a refused snapshot) is
+named at once. The first poll after each (re)connection does not wait, so the mirror knows within
+one round trip that it is connected and whether it is caught up, rather than once a long-poll ends
+(up to ``POLL_WAIT`` seconds later).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 import msgpack
@@ -34,14 +44,25 @@ import msgpack
 from resolver.backoff import backoff_delay
 from resolver.client import HandleClient
 from resolver.codec import MSGPACK
-from resolver.errors import HandleError, ReplicationError
+from resolver.errors import FailureKind, HandleError, ReplicationError, UpstreamError
 from resolver.limits import DEFAULT_LIMITS
 from resolver.storage import Storage, Write
 
 if TYPE_CHECKING:
     from nodes.authoritative.authority import Authority
 
-__all__ = ["APPLIED_SEQ", "RESYNC", "SNAPSHOT_KEY", "SNAPSHOT_SEQ", "Mirror", "MirrorState", "meta_int"]
+__all__ = [
+    "APPLIED_SEQ",
+    "CONNECT_GRACE",
+    "RESYNC",
+    "SNAPSHOT_KEY",
+    "SNAPSHOT_SEQ",
+    "Mirror",
+    "MirrorPhase",
+    "MirrorState",
+    "is_transient",
+    "meta_int",
+]
 
 log = logging.getLogger("idres.replication")
 
@@ -62,6 +83,10 @@ SNAPSHOT_CHUNK_BYTES = 4 * 1_048_576
 RECONCILE_PAGE = 1_000  # local keys read at a time while a resync looks for what to delete
 SNAPSHOT_READ_TIMEOUT = 60.0  # silence mid-stream longer than this means the primary is gone
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
+# Seconds an upstream may stay unreachable before the mirror reports an error rather than "connecting":
+# a restarted node is back within a few (start-up, then its peer check of PEER_TIMEOUT per peer), and
+# the backoff above has retried five times by then (0.2 + 0.4 + 0.8 + 1.6 s).
+CONNECT_GRACE = 5.0
 APPLIED_SEQ = "applied_seq"
 SNAPSHOT_SEQ = "snapshot_seq"
 SNAPSHOT_KEY = "snapshot_key"
@@ -74,23 +99,76 @@ async def meta_int(store: Storage, name: str) -> int | None:
     return int(text) if text else None
 
 
+MirrorPhase = Literal["connecting", "copying", "following", "failing"]
+_TRANSIENT_KINDS = frozenset({FailureKind.CANNOT_CONNECT, FailureKind.CONNECTION_LOST, FailureKind.TIMEOUT})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` only says the upstream could not be reached (it may be restarting), as opposed
+    to an answer this mirror refuses."""
+    if isinstance(exc, UpstreamError):
+        return bool(exc.attempts) and all(a.kind in _TRANSIENT_KINDS for a in exc.attempts)
+    return isinstance(exc, aiohttp.ClientConnectionError | OSError | TimeoutError)
+
+
 @dataclass(slots=True)
 class MirrorState:
-    """What a mirror's puller knows about its link to the node it follows, for the status endpoint."""
+    """What a mirror's puller knows about its link to the node it follows, for the status endpoint.
+
+    Plain bookkeeping: the puller calls ``answered`` and ``failed``, passing the time, and the status
+    endpoint reads ``state`` and ``lag_seconds``."""
 
     primary: str  # URL
     name: str = ""  # the node's name in the topology
-    connected: bool = False
+    connected: bool = False  # the last exchange with the upstream succeeded
     caught_up: bool = False
+    copying: bool = False  # a snapshot is streaming in
     synced_at: float | None = None  # time.monotonic() when it last knew it had everything
-    last_error: str | None = None
+    last_error: str | None = None  # a problem worth an operator's eye; None while connecting
     primary_epoch: int | None = None  # as it last answered
     primary_seq: int | None = None  # its lastSeq as it last answered
+    failing_since: float | None = None  # time.monotonic() of the first failure since it last answered
+    retrying: str | None = None  # the latest failure to reach it, within CONNECT_GRACE (not yet an error)
 
-    def lag_seconds(self) -> float | None:
-        if self.connected and self.caught_up:
-            return 0.0
-        return None if self.synced_at is None else round(time.monotonic() - self.synced_at, 3)
+    @property
+    def state(self) -> MirrorPhase:
+        if self.connected:
+            return "copying" if self.copying else "following"
+        return "failing" if self.last_error else "connecting"
+
+    def answered(self, *, caught_up: bool, now: float) -> None:
+        """The upstream answered: connected, no error, and synced now if it has everything."""
+        self.connected, self.caught_up, self.last_error = True, caught_up, None
+        self.failing_since = self.retrying = None
+        if caught_up:
+            self.synced_at = now
+
+    def failed(self, message: str, *, transient: bool, now: float) -> bool:
+        """A round failed saying ``message``; whether that is now a reported error it was not before.
+
+        A ``transient`` failure (the upstream unreachable) is held back while the streak of failures
+        is younger than ``CONNECT_GRACE``: a restart of either node looks like that."""
+        self.connected = self.caught_up = False
+        if self.failing_since is None:
+            self.failing_since = now
+        if transient and now - self.failing_since < CONNECT_GRACE:
+            self.retrying = message
+            return False
+        self.retrying = None
+        new = message != self.last_error
+        self.last_error = message
+        return new
+
+    def lag_seconds(self, applied: int | None = None, now: float | None = None) -> float | None:
+        """0 while connected and caught up (by its last answer, or with ``applied``, the seq this mirror
+        has applied, at the upstream's last seq), else seconds since it last was; None if never."""
+        if self.connected and not self.copying:
+            reached = applied is not None and self.primary_seq is not None and applied >= self.primary_seq
+            if self.caught_up or reached:
+                return 0.0
+        if self.synced_at is None:
+            return None
+        return round((time.monotonic() if now is None else now) - self.synced_at, 3)
 
 
 def _write_of(item: dict[str, Any]) -> Write:
@@ -184,21 +262,22 @@ class Mirror:
                 await self._follow()
             except Exception as exc:  # keep replicating whatever went wrong; reads never stop
                 message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                if message != self._state.last_error:  # once per new problem, not once per retry
-                    # ReplicationError and UpstreamError are HandleErrors; a traceback only for the unforeseen.
+                transient = is_transient(exc)
+                quiet = self._state.retrying is not None  # already retrying in silence
+                if self._state.failed(message, transient=transient, now=time.monotonic()):
+                    # Once per new problem, not once per retry. ReplicationError and UpstreamError are
+                    # HandleErrors; a traceback only for the unforeseen.
                     expected = isinstance(exc, HandleError | aiohttp.ClientError | OSError)
                     log.warning("replication from %s: %s", self._state.primary, message, exc_info=not expected)
-                self._state.connected = self._state.caught_up = False
-                self._state.last_error = message
+                elif transient and not quiet and self._state.retrying is not None:
+                    log.info("replication from %s: %s; reconnecting", self._state.primary, message)
             self._retries += 1
             await asyncio.sleep(backoff_delay(self._retries, first=BACKOFF_MIN, cap=BACKOFF_MAX))
 
     def _reached(self, *, caught_up: bool) -> None:
         """The upstream answered: reset the backoff and note whether this mirror has everything."""
         self._retries = 0
-        self._state.connected, self._state.caught_up, self._state.last_error = True, caught_up, None
-        if caught_up:
-            self._state.synced_at = time.monotonic()
+        self._state.answered(caught_up=caught_up, now=time.monotonic())
 
     async def _answered(self, body: dict[str, Any]) -> None:
         epoch = _epoch_of(body)
@@ -235,6 +314,7 @@ class Mirror:
                 await store.set_meta(SNAPSHOT_SEQ, str(last))
             base = last if base is None else min(base, last)
             self._reached(caught_up=False)
+            self._state.copying = True
             self._purged = 0  # this attempt's deletions of what the upstream lacks (a resync)
             batch: list[Write] = []
             size = received = 0
@@ -257,6 +337,9 @@ class Mirror:
                             await pages.put(batch)
                             await pages.drain()
                             await self._finish(base, resync, received)
+                            self._state.copying = False
+                            # Replayed from base: with base at the header's lastSeq it held everything then.
+                            self._reached(caught_up=base >= last)
                             return
                         else:
                             cut = f"the upstream reported {str(item)[:200]}"
@@ -267,6 +350,7 @@ class Mirror:
                 await pages.put(batch)
                 await pages.drain()
             finally:
+                self._state.copying = False
                 await pages.close()
         raise ReplicationError(f"snapshot after {received} records: {cut}")
 
@@ -325,13 +409,14 @@ class Mirror:
     async def _follow(self) -> None:
         store = self._authority.store
         applied = await meta_int(store, APPLIED_SEQ) or 0
+        wait = 0  # the first poll of a (re)connection answers at once: connected, and caught up or not
         while True:
             # `after` is exactly what this mirror has applied: a primary waiting for acknowledgements
             # (sync_mirrors) counts it, for this node's name, if the epochs agree.
             params = {
                 "after": str(applied),
                 "limit": str(POLL_PAGE),
-                "wait": str(POLL_WAIT),
+                "wait": str(wait),
                 "node": self._authority.spec.name,
                 "epoch": str(self._epoch()),
             }
@@ -369,6 +454,7 @@ class Mirror:
                 # say so; an operator can promote this node or wipe it to copy a fresh snapshot.
                 raise ReplicationError(f"the upstream's lastSeq {last} is behind the applied seq {applied}")
             self._reached(caught_up=applied >= last)
+            wait = POLL_WAIT
 
     async def _start_over(self, applied: int, body: dict[str, Any]) -> None:
         """The upstream trimmed its log past what this mirror applied: copy a snapshot again.

@@ -232,6 +232,7 @@ class Replication:
                 f"{spec.name} restarted as a primary and refuses writes until each of its peers ({names}) has "
                 f"answered: checking for a promoted mirror (POST /api/replication/promote ends the wait)"
             )
+            log.info("%s restarted as a primary: no writes until its peers (%s) have answered", spec.name, names)
             await self._check_peers()  # before serving: usually settles it at once
         if self.peers:
             self._watch_task = asyncio.create_task(self._watch_peers(), name=f"peers-of-{spec.name}")
@@ -339,12 +340,15 @@ class Replication:
             rivals = [p.name for p, role, e in answers if role == "primary" and e == self.epoch]
             ahead = [f"{p.name} (epoch {e})" for p, role, e in answers if e > self.epoch]
             if rivals or ahead:
-                self.conflict = (
+                conflict = (
                     f"{self.spec.name} and {', '.join(rivals)} all claim to be the primary at epoch {self.epoch}"
                     if rivals
                     else f"{', '.join(ahead)} followed a primary promoted after epoch {self.epoch}, which "
                     f"{self.spec.name} missed"
                 ) + ": no writes until an operator promotes a node (POST /api/replication/promote)"
+                if conflict != self.conflict:
+                    log.error("%s", conflict)  # once per conflict, not at every check
+                self.conflict = conflict
                 self._checked_event.set()  # decided: waiting writes get the refusal now
                 await self.authority.set_read_only(self.conflict)
                 return

@@ -9,7 +9,7 @@ from pathlib import Path
 from nodes.running.serve import db_path
 from resolver.config import Topology
 from resolver.errors import ConfigError, HandleError
-from resolver.storage.integrity import check_file, damaged, refuse_emptied
+from resolver.storage.integrity import check_file, damaged, marker_path, refuse_emptied
 
 __all__ = ["NodeCheck", "check_node", "run_check"]
 
@@ -41,13 +41,19 @@ def check_node(name: str, path: Path) -> NodeCheck:
 
 
 def run_check(topology: Topology, data_dir: Path, names: Sequence[str], echo: Callable[[str], object]) -> int:
-    """Check the named nodes (every authoritative node when none is named): 0 when all are ok, else 1."""
+    """Check the named nodes (every authoritative node when none is named): 0 when all are ok, else 1
+    (also when none of them has a database in ``data_dir``)."""
     specs = [topology.node(name) for name in names] or list(topology.nodes.values())
     if names:
         recursive = [spec.name for spec in specs if spec.role == "recursive"]
         if recursive:
             raise ConfigError(f"{', '.join(recursive)}: a recursive node keeps no database to check")
-    results = [check_node(spec.name, db_path(data_dir, spec.name)) for spec in specs if spec.role != "recursive"]
+    paths = {spec.name: db_path(data_dir, spec.name) for spec in specs if spec.role != "recursive"}
+    if paths and not any(path.exists() or marker_path(path).exists() for path in paths.values()):
+        # A mistyped --data is not "every node is fine": nothing was checked.
+        echo(f"{data_dir} holds no node's database: is it the --data directory the nodes use? Nothing checked.")
+        return 1
+    results = [check_node(name, path) for name, path in paths.items()]
     for result in results:
         echo(result.line)
     return 0 if all(result.ok for result in results) else 1

@@ -138,6 +138,11 @@ async def _put(
         wanted = [v for v in values if v["index"] in refresh]
         params = [("overwrite", "true"), *(("index", str(i)) for i in refresh)]
         reply = await client.put(node.url, handle, wanted, authorization=auth, params=params)
+    if reply.status == 401:
+        raise HandleError(
+            f"{node.name} refused the secret of its operator 300:{prefix_handle(node.prefix)} (HTTP 401): "
+            "it was started with another one"
+        )
     if reply.status not in (200, 201, 409):
         raise HandleError(f"{node.name} refused {handle}: HTTP {reply.status} {reply.body.get('message', '')}")
 
@@ -162,11 +167,11 @@ async def register_topology(
             values = delegation_values(topology, child, parent)
             sites = tuple(v["index"] for v in values if is_site_type(v["type"]))
             await _put(client, parent, secrets[parent.name], handle, values, refresh=sites)
-            done.append(Seeded(parent.name, handle, f"delegates {child.prefix} to {child.name}"))
+            done.append(Seeded(parent.name, handle, f"delegation to {child.name}"))
         for hosted in child.hosts:
             handle = prefix_handle(hosted)
             await _put(client, child, secrets[child.name], handle, hosted_values(child, hosted))
-            done.append(Seeded(child.name, handle, f"hosts {hosted}"))
+            done.append(Seeded(child.name, handle, "hosted prefix"))
     if demo:
         for handle, values in demo_records():
             try:

@@ -125,9 +125,10 @@ def run_workers(
     budgets = {index: RestartBudget() for index in range(count)}
 
     def start(index: int) -> None:
-        workers[index] = subprocess.Popen(
+        workers[index] = process = subprocess.Popen(
             command(index, directory), env=dict(env), stdin=subprocess.DEVNULL, process_group=0
         )
+        log.info("worker %d started (pid %d)", index, process.pid)
 
     status = 0
     try:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
 
+from nodes.shared.access_log import RESPONSE_CODE, STARTED
 from resolver.codec import JSON, MSGPACK, body_media_type, choose_media_type, decode, encode
 from resolver.errors import (
     BodyTooLarge,
@@ -58,7 +60,11 @@ def respond(
     else:
         data = encode(body, media)
     content_type = MSGPACK if media == MSGPACK else "application/json; charset=utf-8"
-    return web.Response(status=status, body=data, headers={"Content-Type": content_type, **(headers or {})})
+    response = web.Response(status=status, body=data, headers={"Content-Type": content_type, **(headers or {})})
+    code = body.get("responseCode")
+    if type(code) is int:
+        response[RESPONSE_CODE] = code  # for the access log (nodes.shared.access_log)
+    return response
 
 
 def error_response(request: web.Request, exc: Exception) -> web.Response | None:
@@ -97,6 +103,7 @@ def _method_not_allowed(request: web.Request, allowed: Iterable[str]) -> MethodN
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes a Handle response: responseCode, HTTP status and a message, never HTML."""
+    request[STARTED] = time.perf_counter()  # for the access log's duration
     try:
         return await handler(request)
     except Exception as exc:
@@ -126,6 +133,7 @@ def guarded(handler: Handler, count: Callable[[str, int], None]) -> Handler:
     3 us of 60). ``count(method, status)`` is called for every response, errors included."""
 
     async def run(request: web.Request) -> web.StreamResponse:
+        request[STARTED] = time.perf_counter()  # for the access log's duration
         try:
             response = await handler(request)
         except Exception as exc:

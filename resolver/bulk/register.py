@@ -13,6 +13,11 @@ an acknowledged create into a false error, and a resumed run lands every identif
 The checkpoint (``FILE.idres-checkpoint``) holds the file's size and mtime and how many leading lines
 are fully acknowledged. Batches finish out of order; the checkpoint only advances over a contiguous
 prefix of them, after their rejections are in the report, and is replaced atomically.
+
+A run that starts over (no ``--resume``) leaves an earlier run's checkpoint and report alone until
+its own first batch is acknowledged: a mistyped command (wrong server, secret or option) that sends
+nothing must not take them away (issue 13). The server's URL and reachability are checked before
+anything is sent (``resolver.bulk.preflight``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pathlib import Path
 
 import aiohttp
 
+from resolver.bulk.preflight import check_reachable, url_problem
 from resolver.bulk.reader import MAX_OPERATIONS, Batch, BatchReader, InputError, format_for
 from resolver.bulk.sender import VERIFY_CONCURRENCY, BatchSender, FatalError, Outcome, RetryPolicy
 from resolver.tls import client_connector
@@ -41,6 +47,7 @@ __all__ = [
     "format_for",
     "load_checkpoint",
     "register",
+    "resumable",
     "save_checkpoint",
     "start_checkpoint",
 ]
@@ -108,6 +115,19 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
         return None
 
 
+def resumable(options: RegisterOptions) -> Checkpoint | None:
+    """The checkpoint ``--resume`` would go on from for this file, this run's or an earlier one's;
+    None when there is none, it is for another version of the file, or the file is done."""
+    found = load_checkpoint(options.checkpoint_path)
+    try:
+        stat = options.path.stat()
+    except OSError:
+        return None
+    if found is None or found.complete or found.lines == 0 or not found.describes(stat.st_size, stat.st_mtime_ns):
+        return None
+    return found
+
+
 def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Write atomically: a crash leaves the old checkpoint or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
@@ -136,13 +156,14 @@ def count_lines(path: Path) -> int:
 class _Journal:
     """Rejections to the report and progress to the checkpoint, in file order."""
 
-    def __init__(self, options: RegisterOptions, start: Checkpoint) -> None:
+    def __init__(self, options: RegisterOptions, start: Checkpoint, *, fresh: bool) -> None:
         self._options = options
         self.state = start
         self.totals = Totals()
         self.next = 0  # the first batch not yet committed
         self._done: dict[int, Outcome] = {}
         self._report = None if start.report_bytes == 0 else options.report_path.open("ab")
+        self._earlier_report = fresh  # an earlier run's report, to go when this run commits its first batch
 
     def add(self, outcome: Outcome) -> None:
         """Take a finished batch; write what became contiguous."""
@@ -155,6 +176,10 @@ class _Journal:
             self._commit(ready)
 
     def _commit(self, outcomes: Iterable[Outcome]) -> None:
+        if self._earlier_report:
+            # This run has really started: what an earlier run reported would mislead from now on.
+            self._options.report_path.unlink(missing_ok=True)
+            self._earlier_report = False
         state, totals = self.state, self.totals
         lines = state.lines
         for o in outcomes:
@@ -194,8 +219,9 @@ class _Journal:
 
 
 def start_checkpoint(options: RegisterOptions, note: Callable[[str], None]) -> Checkpoint:
-    """Where this run starts: the checkpoint's position with --resume, else the beginning. The report
-    is cut back to what that position covers."""
+    """Where this run starts: the checkpoint's position with --resume, else the beginning. A resumed
+    run's report is cut back to what that position covers; a run from the beginning leaves an
+    earlier run's checkpoint and report to its first acknowledged batch (``_Journal``)."""
     stat = options.path.stat()
     fresh = Checkpoint(str(options.path), stat.st_size, stat.st_mtime_ns, options.fmt, options.op)
     start = fresh
@@ -215,7 +241,7 @@ def start_checkpoint(options: RegisterOptions, note: Callable[[str], None]) -> C
         else:
             start = found
     if start is fresh:
-        options.checkpoint_path.unlink(missing_ok=True)  # an earlier run's: this one starts over
+        return start
     report = options.report_path
     if start.report_bytes == 0:
         report.unlink(missing_ok=True)  # an earlier run's report would mislead
@@ -236,6 +262,7 @@ async def _send_all(
 ) -> None:
     connector = client_connector(options.cafile, limit=options.concurrency + VERIFY_CONCURRENCY)
     async with aiohttp.ClientSession(connector=connector) as session:
+        await check_reachable(session, options.server)  # a wrong address fails now, not after retries
         sender = BatchSender(
             session,
             options.server,
@@ -309,6 +336,9 @@ async def register(
     """
     if not 1 <= options.batch_size <= MAX_OPERATIONS:
         raise InputError(f"the batch size must be 1 to {MAX_OPERATIONS}")
+    problem = url_problem(options.server)
+    if problem is not None:
+        raise FatalError(problem)
     with options.path.open("rb") as source:
         # Two runs on one file would both write its checkpoint and report: the second one stops.
         try:
@@ -323,7 +353,7 @@ async def register(
         reader = BatchReader(
             source, fmt=options.fmt, op=options.op, batch_size=options.batch_size, skip_lines=start.lines
         )
-        journal = _Journal(options, start)
+        journal = _Journal(options, start, fresh=start.lines == 0)
         try:
             await _send_all(options, reader, journal, progress, note)
             journal.finish()

@@ -408,6 +408,8 @@ def test_workers_change_log_age_and_public_digest() -> None:
         ({"public_digest": 1}, "public_digest must be true or false, not 1"),
         ({"durability": "fsync"}, "durability must be one of full, normal, not 'fsync'"),
         ({"access_log": "yes"}, "access_log must be true or false, not 'yes'"),
+        ({"front_door": 1}, "front_door must be true or false, not 1"),
+        ({"public_url": "id.example.com"}, "public_url must be an http:// or https:// address, not 'id.example.com'"),
     ],
 )
 def test_growth_settings_that_are_wrong_are_named(node: dict[str, Any], words: str) -> None:
@@ -421,8 +423,14 @@ def test_growth_settings_that_are_wrong_are_named(node: dict[str, Any], words: s
     [
         ({"workers": 0}, "workers must be a number of processes from 1 to 64, not 0"),
         ({"workers": True}, "workers must be a number of processes from 1 to 64, not True"),
-        ({"public_digest": True}, "change_log_max_age, public_digest and durability belong to authoritative nodes"),
-        ({"durability": "normal"}, "change_log_max_age, public_digest and durability belong to authoritative nodes"),
+        (
+            {"public_digest": True},
+            "change_log_max_age, public_digest, durability and front_door belong to authoritative nodes",
+        ),
+        (
+            {"durability": "normal"},
+            "change_log_max_age, public_digest, durability and front_door belong to authoritative nodes",
+        ),
     ],
 )
 def test_recursive_growth_settings_that_are_wrong_are_named(raw: dict[str, Any], words: str) -> None:

@@ -384,10 +384,13 @@ async def test_oversized_body_is_refused_before_it_is_read(node: Node) -> None:
 
 async def test_unknown_endpoints_answer_in_json(node: Node) -> None:
     status, body = await node.call("GET", "/api/nothing")
-    assert (status, body) == (405, {"responseCode": 4, "message": "Unknown HTTP API endpoint /api/nothing"})
+    assert (status, body) == (404, {"responseCode": 4, "message": "Unknown HTTP API endpoint /api/nothing"})
     status, body = await node.call("POST", "/api/handles/88.118/X", body={})
     assert status == 405 and body["responseCode"] == 4
-    assert body["message"] == "method POST is not allowed on /api/handles/88.118/X (allowed: DELETE, GET, PUT)"
+    assert (
+        body["message"]
+        == "method POST is not allowed on /api/handles/88.118/X (allowed: DELETE, GET, HEAD, OPTIONS, PUT)"
+    )
     assert "handle" not in body
 
 

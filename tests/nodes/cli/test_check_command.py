@@ -77,3 +77,13 @@ def test_a_recursive_or_unknown_node_is_a_usage_error(tmp_path: Path) -> None:
     assert code == 1 and lines == ["Error: recursive: a recursive node keeps no database to check"]
     code, lines = idres_check(tmp_path, "nowhere")
     assert code == 1 and "no node named 'nowhere'" in lines[0]
+
+
+def test_a_data_directory_without_any_database_is_not_reported_healthy(tmp_path: Path) -> None:
+    """A mistyped --data (issue 13, finding 5) used to print "no database yet" for every node and exit 0."""
+    code, lines = idres_check(tmp_path / "d5")
+    assert code == 1
+    assert lines == [
+        f"{tmp_path / 'd5'} holds no node's database: is it the --data directory the nodes use? Nothing checked."
+    ]
+    assert not (tmp_path / "d5").exists()

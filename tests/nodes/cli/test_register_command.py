@@ -5,6 +5,8 @@ The CLI runs as a subprocess (``spawn_idres``) against ``FakeNode``.
 
 from __future__ import annotations
 
+import os
+import select
 import signal
 import subprocess
 import time
@@ -70,11 +72,59 @@ def test_cli_takes_the_secret_from_a_prompt_never_from_the_command_line(node: Fa
         proc = register(*base, option, SECRET)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 2 and f"No such option '{option}'" in err
-    proc = register(*base, secret=None, stdin=subprocess.PIPE)
-    out, err = proc.communicate(SECRET + "\n", timeout=60)
+    # A terminal on standard input (a new session: getpass must not find the test runner's own).
+    terminal, tty = os.openpty()
+    try:
+        proc = register(*base, secret=None, stdin=tty, start_new_session=True)
+        os.close(tty)
+        assert proc.stderr is not None
+        prompt = b""
+        while b"Secret of 300:0.NA/88.118.8: " not in prompt:  # getpass flushes what came before it
+            assert select.select([proc.stderr], [], [], 60)[0], f"no prompt: {prompt!r}"
+            chunk = os.read(proc.stderr.fileno(), 1024)
+            assert chunk, f"the command ended before its prompt: {prompt!r}"
+            prompt += chunk
+        os.write(terminal, (SECRET + "\n").encode())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(terminal)
     assert proc.returncode == 0, err
-    assert "Secret of 300:0.NA/88.118.8" in err and SECRET not in out + err
+    assert SECRET not in out + err + prompt.decode()
     assert len(node.records) == 10
+
+
+def test_cli_with_no_secret_and_no_terminal_exits_2_saying_to_set_idres_secret(node: FakeNode, tmp_path: Path) -> None:
+    """As under cron or CI: no getpass warning, no "Aborted!", not the status of rejected records."""
+    write_csv(tmp_path / "cars.csv", 10)
+    for stdin in (subprocess.DEVNULL, subprocess.PIPE):
+        proc = register(str(tmp_path / "cars.csv"), "--server", node.url, "--user", IDENTITY, secret=None, stdin=stdin)
+        _, err = proc.communicate(SECRET + "\n" if stdin == subprocess.PIPE else None, timeout=60)
+        assert proc.returncode == 2
+        assert "set IDRES_SECRET" in err and "no terminal" in err
+        assert "Aborted" not in err and "GetPassWarning" not in err
+    assert node.requests == 0
+
+
+def test_cli_option_errors_name_the_choices(node: FakeNode, tmp_path: Path) -> None:
+    write_csv(tmp_path / "cars.csv", 10)
+    base = [str(tmp_path / "cars.csv"), "--server", node.url, "--user", IDENTITY]
+    for args, words in [
+        (["--format", "xml"], "'xml' is not one of 'csv', 'jsonl'"),
+        (["--op", "insert"], "'insert' is not one of 'create', 'upsert'"),
+        (["--batch-size", "0"], "0 is not in the range 1<=x<=10000"),
+        (["--concurrency", "many"], "'many' is not a valid integer"),
+    ]:
+        proc = register(*base, *args)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and words in " ".join(err.split()), err
+    (tmp_path / "cars.txt").write_text((tmp_path / "cars.csv").read_text())
+    proc = register(str(tmp_path / "cars.txt"), *base[1:])
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "give --format csv or --format jsonl" in " ".join(err.split())
+    proc = register(str(tmp_path / "cars.txt"), *base[1:], "--format", "CSV")  # any case will do
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert node.requests == 1 and len(node.records) == 10
 
 
 def test_cli_bad_input_exits_2_with_a_message(node: FakeNode, tmp_path: Path) -> None:

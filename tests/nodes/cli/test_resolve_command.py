@@ -135,3 +135,39 @@ async def test_a_recursive_node_shows_the_walk_it_made_for_us(tree: Tree) -> Non
 async def test_a_malformed_handle_is_refused_before_any_request() -> None:
     with pytest.raises(InvalidHandle, match="segment 2"):
         await walk_from(f"http://127.0.0.1:{free_port()}", "88..118/X")
+
+
+def printed_at(width: int, text: str, walked: Walked) -> list[str]:
+    out = io.StringIO()
+    print_walk(Console(file=out, width=width), text, walked)
+    return out.getvalue().splitlines()
+
+
+async def test_at_80_columns_every_value_and_address_is_whole(tree: Tree) -> None:
+    # 55 characters: cut to `https://automaker.e…` by the table that kept a timestamp column (issue 13)
+    long_url = "https://automaker.example.cn/vehicles/LS53A23C4TC000417"
+    values = [{"index": 1, "type": "URL", "data": long_url}, {"index": 2, "type": "PRODUCTION_DATE", "data": "2026"}]
+    status, _ = await tree.nodes["carmaker"].put("88.118.8/VIN-LONG", values, "300:0.NA/88.118.8")
+    assert status in (200, 201)
+    walked = await walk_from(tree.url("top"), "88.118.8/VIN-LONG")
+    lines = printed_at(80, "88.118.8/VIN-LONG", walked)
+    assert max(len(line) for line in lines) <= 80 and "…" not in "".join(lines)
+    assert any(long_url in line for line in lines), "the URL on one line, whole"
+    assert all(any(tree.url(name) in line for line in lines) for name in ("top", "auto", "carmaker"))
+    [stamp] = {v["timestamp"] for v in (walked.body or {})["values"]}
+    assert f"every value: ttl 86400, timestamp {stamp}" in "\n".join(lines)
+    # Wide enough, the ttl and timestamp are columns again.
+    wide = printed_at(200, "88.118.8/VIN-LONG", walked)
+    assert any(long_url in line and stamp in line for line in wide)
+
+
+async def test_a_cell_too_long_for_any_column_is_folded_never_cut(tree: Tree) -> None:
+    endless = "urn:x-idres:" + "0123456789" * 12  # no space to wrap at: 132 characters
+    status, _ = await tree.nodes["carmaker"].put(
+        "88.118.8/VIN-ENDLESS", [{"index": 1, "type": "NOTE", "data": endless}], "300:0.NA/88.118.8"
+    )
+    assert status in (200, 201)
+    lines = printed_at(80, "88.118.8/VIN-ENDLESS", await walk_from(tree.url("top"), "88.118.8/VIN-ENDLESS"))
+    assert max(len(line) for line in lines) <= 80
+    folded = "".join(line.split()[-1] for line in lines if "0123456789" in line and "path" not in line)
+    assert folded == endless

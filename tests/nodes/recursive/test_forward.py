@@ -23,6 +23,7 @@ from resolver.config import DEFAULT_LIMITS, NodeSpec, Topology
 from resolver.driver import RecursiveResolver
 from resolver.errors import FailureKind, ProtocolError, UpstreamError
 from resolver.names import parse_handle
+from resolver.resolution import Hop
 from resolver.sites import SiteServer
 from tests.conftest import free_port
 
@@ -89,6 +90,7 @@ def test_the_query_sent_on_is_rebuilt_from_the_known_parameters() -> None:
 class Located:
     primary_servers: tuple[SiteServer, ...]
     step_servers: tuple[SiteServer, ...] = ()
+    hops: tuple[Hop, ...] = ()
 
 
 @dataclass

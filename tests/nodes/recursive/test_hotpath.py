@@ -135,11 +135,11 @@ async def test_escaped_paths_queries_and_other_spellings_answer_as_the_hot_path_
 
 
 async def test_unknown_routes_and_methods_answer_as_the_error_middleware_does(node: LocalNode) -> None:
-    status, body, _ = await fetch(node, "GET", "/no/such/thing")
+    status, body, _ = await fetch(node, "GET", "/api/no/such/thing")
     error = json.loads(body)
-    assert status == 405 and error["responseCode"] == 4 and "Unknown HTTP API endpoint" in error["message"]
+    assert status == 404 and error["responseCode"] == 4 and "Unknown HTTP API endpoint" in error["message"]
     status, body, _ = await fetch(node, "POST", f"/api/handles/{CAR}")
-    assert status == 405 and "allowed: DELETE, GET, PUT" in json.loads(body)["message"]
+    assert status == 405 and "allowed: DELETE, GET, HEAD, OPTIONS, PUT" in json.loads(body)["message"]
     status, body, _ = await fetch(node, "GET", "/api/handles/not-a-handle")
     error = json.loads(body)
     assert status == 400 and error["responseCode"] == 102 and "not-a-handle" in error["message"]

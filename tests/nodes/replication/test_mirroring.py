@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nodes.authoritative.authority import AUTHORITY
+from nodes.replication import follower
 from resolver.storage import Write
 from resolver.values import HandleValue
 from tests.conftest import auth, eventually
@@ -114,7 +115,10 @@ async def test_the_mirror_refuses_writes_and_sends_them_to_its_primary(pair: Pai
     assert code == 404
 
 
-async def test_the_mirror_serves_reads_while_the_primary_is_down_then_catches_up(pair: Pair) -> None:
+async def test_the_mirror_serves_reads_while_the_primary_is_down_then_catches_up(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(follower, "CONNECT_GRACE", 0.0)  # report the lost primary at once, not after 5 s
     await pair.primary.put("88/before", url_value("https://example.cn/before"))
     await eventually(lambda: pair.resolves_on_mirror("88/before"), 5, "88/before reaches the mirror")
 
