@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from json.encoder import encode_basestring_ascii
 from typing import Literal
 
@@ -86,11 +87,18 @@ def access_logger_class(node: str, *, recursive: bool) -> type[AbstractAccessLog
     node_text = _text(node)
 
     class NodeAccessLogger(AbstractAccessLogger):
-        __slots__ = ("_second", "_stamp")
+        __slots__ = ("_second", "_sink", "_stamp")
 
         def __init__(self, logger: logging.Logger, log_format: str) -> None:
             super().__init__(logger, log_format)  # log_format: aiohttp's, unused (the line is JSON)
             self._second, self._stamp = -1, ""
+            # Where the lines go: straight to the node's own access-log file when that is the
+            # logger's one handler (nodes.shared.logs.RotatingLog.write_line), else as log records,
+            # for whatever handlers an operator gave the logger.
+            handlers = logger.handlers
+            self._sink: Callable[[str], None] | None = (
+                getattr(handlers[0], "write_line", None) if len(handlers) == 1 and not logger.filters else None
+            )
 
         @property
         def enabled(self) -> bool:
@@ -114,6 +122,9 @@ def access_logger_class(node: str, *, recursive: bool) -> type[AbstractAccessLog
                 f'"responseCode":{_number(response.get(RESPONSE_CODE))},"durationMs":{round(seconds * 1000, 3)!r},'
                 f'"cache":{_text(request.get(CACHE))},"upstreamHops":{_number(hops)}}}'
             )
-            logger.handle(logging.LogRecord(logger.name, logging.INFO, __file__, 0, line, None, None))
+            if self._sink is not None:
+                self._sink(line)
+            else:
+                logger.handle(logging.LogRecord(logger.name, logging.INFO, __file__, 0, line, None, None))
 
     return NodeAccessLogger

@@ -95,18 +95,28 @@ class RotatingLog(logging.handlers.RotatingFileHandler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record) + self.terminator
-            if time.monotonic() >= self._look_at or (self.maxBytes and self._size >= self.maxBytes):
-                self._look()
-            if self.stream is None:
-                self.stream = self._open()
-            self.stream.write(text)
-            self.stream.flush()
-            self._size += len(text)
+            self._write(self.format(record) + self.terminator)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """Append ``line`` as it is (the access log's, formatted by its writer): what ``emit`` does
+        without a LogRecord, the handler's lock or a formatter, a third of a line's cost (issue 13)."""
+        try:
+            self._write(line + self.terminator)
+        except Exception as exc:  # as handleError would: the node goes on without its line
+            sys.stderr.write(f"--- access log: cannot write to {self.baseFilename}: {exc}\n")
+
+    def _write(self, text: str) -> None:
+        if time.monotonic() >= self._look_at or (self.maxBytes and self._size >= self.maxBytes):
+            self._look()
+        if self.stream is None:
+            self.stream = self._open()
+        self.stream.write(text)
+        self.stream.flush()
+        self._size += len(text)
 
     def _same_file(self) -> bool:
         """Whether the path still names the file this process writes; counts its size."""
