@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from nodes.authoritative.authority import Authority
@@ -14,6 +15,8 @@ from resolver.storage import Write
 from resolver.values import HandleValue
 
 __all__ = ["ensure_own_prefix_handle", "own_prefix_values"]
+
+log = logging.getLogger("idres.authoritative")
 
 
 def own_prefix_values(topology: Topology, spec: NodeSpec, hashed_secret: str) -> tuple[HandleValue, ...]:
@@ -56,6 +59,15 @@ async def ensure_own_prefix_handle(authority: Authority, topology: Topology, sec
         hashed = seckey.value
     else:
         hashed = await asyncio.to_thread(hash_secret, secret)
+        if seckey is not None:
+            # Said, not done silently: a shell without the secret the node was started with, or a
+            # typo in an EnvironmentFile, changes what the operator logs in with (issue 13).
+            log.warning(
+                "%s: the operator secret of 300:%s is not the one this node was started with before; "
+                "the new one replaces it (the old one no longer logs in)",
+                spec.name,
+                key,
+            )
     wanted = own_prefix_values(topology, spec, hashed)
     now = int(time.time())
     merged = dict(old)
