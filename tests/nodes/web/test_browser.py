@@ -1,6 +1,6 @@
 """A real headless Chromium through the front door (Debian's ``chromium``, driven by Playwright).
 
-Against the front door bound to a real recursive node (top -> automotive -> carmaker on 127.0.0.1
+Against a real recursive node's own application (top -> automotive -> carmaker on 127.0.0.1
 with ``idres up``'s demo data, the battery maker's pack added on a node of its own): search the demo
 car from ``/``, see its values and the walk, follow its COMPONENT to the battery pack, decode the QR
 code the page offers, and check a ``<script>`` value is shown as text and never runs.
@@ -17,13 +17,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from nodes.running.seeding import DEMO_CAR, DEMO_PACK
-from nodes.web import add_front_door
-from nodes.web.recursive import recursive_lookup, recursive_topology
 from resolver.client import HandleClient, basic_auth
-from tests.conftest import LocalNode, free_port
+from tests.conftest import LocalNode
 from tests.nodes.web.conftest import SECRETS
 from tests.nodes.web.qr_decode import decode
 
@@ -35,13 +32,11 @@ else:
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 XSS = "88.118.8/XSS-1"
-# The address QR codes carry: the recursive node's in the default topology, as on a printed label.
-PUBLIC_URL = "http://127.0.0.1:8000"
 
 
 @pytest.fixture
 async def site(nodes: dict[str, LocalNode]) -> AsyncIterator[str]:
-    """The front door over the recursive node, on a port of its own, with a hostile record added."""
+    """The recursive node (its front door as it serves it), with a hostile record added."""
     if not os.path.exists(CHROMIUM) or shutil.which("zbarimg") is None:
         missing = "Debian's chromium and zbar-tools are needed"
         if REQUIRED:
@@ -55,17 +50,7 @@ async def site(nodes: dict[str, LocalNode]) -> AsyncIterator[str]:
         authorization=basic_auth("300:0.NA/88.118.8", SECRETS["carmaker"]),
     )
     assert reply.status in (200, 201)
-    recursive = nodes["recursive"].app
-    front = web.Application()
-    add_front_door(front, recursive_lookup(recursive), recursive_topology(recursive), public_url=PUBLIC_URL)
-    runner = web.AppRunner(front)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    yield nodes["recursive"].url  # the recursive node's own application: its front door is wired in
 
 
 async def test_a_person_searches_the_car_follows_its_battery_pack_and_scans_the_code(site: str, tmp_path: Path) -> None:
@@ -92,7 +77,7 @@ async def test_a_person_searches_the_car_follows_its_battery_pack_and_scans_the_
             assert qr_href is not None
             png = await page.request.get(site + qr_href)
             (tmp_path / "qr.png").write_bytes(await png.body())
-            assert decode(tmp_path / "qr.png") == f"{PUBLIC_URL}/{DEMO_CAR}"
+            assert decode(tmp_path / "qr.png") == f"{site}/{DEMO_CAR}"  # where this node was reached
 
             await page.click(f"a.handle[href='/{DEMO_PACK}?noredirect']")
             await page.wait_for_url(f"**/{DEMO_PACK}?noredirect")
