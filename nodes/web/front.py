@@ -17,13 +17,12 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 from aiohttp import web
-from markupsafe import Markup
 
 from nodes.shared.http_api import Handler, handle_from_path, query_bool, query_ints
 from nodes.web.choose import Target, cache_headers, choose_target
 from nodes.web.lookup import Looked, Lookup, Step, TopologyView
 from nodes.web.pages import Pages
-from nodes.web.qr import QR_KINDS, qr_image, qr_inline_svg
+from nodes.web.qr import QR_KINDS, qr_image
 from nodes.web.urls import identifier_path, strip_scheme
 from resolver.errors import HandleError, InvalidHandle, NotResponsible, UpstreamError
 from resolver.names import Handle, parse_handle
@@ -134,7 +133,6 @@ class FrontDoor:
         return self.pages.record(
             looked,
             resolver_url=resolver_url,
-            qr_svg=Markup(qr_inline_svg(resolver_url)),  # segno's own markup, escaped by segno
             aliases=aliases,
             note=note,
             servers=self._topology(),

@@ -17,7 +17,6 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from markupsafe import Markup
 
 from nodes.web.lookup import Looked, ServerState, Step
 from nodes.web.urls import identifier_path, is_web_url
@@ -146,7 +145,6 @@ class Pages:
         looked: Looked,
         *,
         resolver_url: str,
-        qr_svg: Markup,
         aliases: Sequence[str],
         note: str,
         servers: Sequence[ServerState],
@@ -162,7 +160,6 @@ class Pages:
             trace=trace,
             total_ms=round(sum(s.ms for s in trace), 3),
             resolver_url=resolver_url,
-            qr_svg=qr_svg,
             qr_png=path + "?qr=png",
             qr_svg_href=path + "?qr=svg",
             aliases=[(a, identifier_path(a) + "?noredirect") for a in aliases],

@@ -7,7 +7,7 @@ import io
 
 import segno
 
-__all__ = ["QR_KINDS", "qr_image", "qr_inline_svg"]
+__all__ = ["QR_KINDS", "qr_image"]
 
 QR_KINDS = {"png": "image/png", "svg": "image/svg+xml"}
 # Error correction M (15 % of the symbol recoverable): the usual choice for a printed label that
@@ -15,7 +15,6 @@ QR_KINDS = {"png": "image/png", "svg": "image/svg+xml"}
 _ERROR = "m"
 # Encoding a QR code costs about 5 ms of pure Python (segno), thirty times the rest of a page: codes
 # are kept by URL, so a hot page costs a dict lookup. Bounded: an SVG is 3-8 kB, a PNG about 1 kB.
-_PAGES_KEPT = 2048
 _FILES_KEPT = 512
 
 
@@ -25,10 +24,3 @@ def qr_image(url: str, kind: str) -> bytes:
     buffer = io.BytesIO()
     segno.make(url, error=_ERROR, micro=False).save(buffer, kind=kind, scale=8, border=4)
     return buffer.getvalue()
-
-
-@functools.lru_cache(maxsize=_PAGES_KEPT)
-def qr_inline_svg(url: str) -> str:
-    """The QR code as an ``<svg>`` element for the page (no XML declaration), scaled by CSS."""
-    code = segno.make(url, error=_ERROR, micro=False)
-    return str(code.svg_inline(scale=4, border=4, omitsize=True, title=url))
