@@ -136,7 +136,14 @@ def test_resolve_rows_can_be_told_apart_at_80_columns() -> None:
     result = {
         "load": {
             name: _figures(37_080)
-            for name in ("recursive_hot", "baseline_preencoded", "baseline_encode", "authoritative_automaker")
+            for name in (
+                "recursive_hot",
+                "baseline_preencoded",
+                "baseline_encode",
+                "authoritative_automaker",
+                "front_door_redirect",
+                "front_door_page",
+            )
         },
         "cold": {"cold_three_level": _cold(3.0), "miss_referral_cached": _cold(1.0)},
         "targets": {
