@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import uuid
@@ -100,31 +101,18 @@ PREFIX_OF = "CASE WHEN instr(key, '/') > 0 THEN substr(key, 1, instr(key, '/') -
 _UPGRADE_FETCH = 10_000
 
 
-def _upgrade_from_3(location: str) -> None:
-    """Version 3 kept neither counts nor digest buckets: compute both once from the records, in one
-    transaction (at 10 million records, tens of seconds, once). Synchronous: run in a thread."""
+@contextlib.contextmanager
+def _upgrade(location: str, to: int) -> Iterator[sqlite3.Connection]:
+    """One upgrade step in one transaction on a connection of its own, ending at version ``to``: a
+    crash or an error leaves the file at its old version, with no half-made schema. Synchronous:
+    run it in a thread."""
     conn = sqlite3.connect(location, isolation_level=None)
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _KEPT_TABLES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.execute(
-                f"INSERT INTO prefix_counts (prefix, n) SELECT {PREFIX_OF} AS p, count(*) FROM handles GROUP BY p"
-            )
-            cursor = conn.execute("SELECT key, vals FROM handles")
-
-            def records() -> Iterator[tuple[str, bytes]]:
-                while rows := cursor.fetchmany(_UPGRADE_FETCH):
-                    yield from rows
-
-            conn.executemany(
-                "INSERT INTO buckets (bucket, n, h0, h1, h2, h3) VALUES (?, ?, ?, ?, ?, ?)",
-                [(bucket, n, *four) for bucket, (n, four) in digest_buckets(records()).items()],
-            )
-            conn.execute("PRAGMA user_version = 4")
+            yield conn
+            conn.execute(f"PRAGMA user_version = {int(to)}")
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -132,28 +120,34 @@ def _upgrade_from_3(location: str) -> None:
             raise
     finally:
         conn.close()
+
+
+def _upgrade_from_3(location: str) -> None:
+    """Version 3 kept neither counts nor digest buckets: compute both once from the records (at 10
+    million records, tens of seconds, once)."""
+    with _upgrade(location, 4) as conn:
+        for statement in _KEPT_TABLES.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(f"INSERT INTO prefix_counts (prefix, n) SELECT {PREFIX_OF} AS p, count(*) FROM handles GROUP BY p")
+        cursor = conn.execute("SELECT key, vals FROM handles")
+
+        def records() -> Iterator[tuple[str, bytes]]:
+            while rows := cursor.fetchmany(_UPGRADE_FETCH):
+                yield from rows
+
+        conn.executemany(
+            "INSERT INTO buckets (bucket, n, h0, h1, h2, h3) VALUES (?, ?, ?, ?, ?, ?)",
+            [(bucket, n, *four) for bucket, (n, four) in digest_buckets(records()).items()],
+        )
 
 
 def _upgrade_from_4(location: str) -> None:
     """Version 4 kept no listing ranks (resolver/storage/ranks.py): mark every prefix's records once,
-    in one transaction, with flat memory (at 10 million records, a few seconds). Synchronous: run in
-    a thread."""
-    conn = sqlite3.connect(location, isolation_level=None)
-    try:
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(MARKS_TABLE)
-            prefixes = [str(row[0]) for row in conn.execute("SELECT prefix FROM prefix_counts ORDER BY prefix")]
-            build(conn, prefixes)
-            conn.execute("PRAGMA user_version = 5")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
+    with flat memory (at 10 million records, a few seconds)."""
+    with _upgrade(location, 5) as conn:
+        conn.execute(MARKS_TABLE)
+        build(conn, [str(row[0]) for row in conn.execute("SELECT prefix FROM prefix_counts ORDER BY prefix")])
 
 
 async def migrate(writer: aiosqlite.Connection, location: str) -> str:
