@@ -289,17 +289,23 @@ class Upstreams:
 
     def success(self, url: str, rtt: float, *, probe: bool = False) -> None:
         """A usable reply came back after ``rtt`` seconds: update SRTT, clear the failure count and down mark.
-        Time this process spent paused meanwhile is not the server's, so it is left out of the sample."""
+        Time this process spent paused meanwhile is not the server's, so it is left out of the sample.
+
+        A probe's answer clears the down mark but is no RTT sample: it is ``/healthz`` over a fresh
+        connection to a process that has often just started, tens of milliseconds on a loaded host.
+        Counted, it kept a restarted primary behind its mirror for a hundred resolutions; the
+        server comes back with the SRTT its resolutions earned, and its next answers update it."""
         health = self._get(url, probe=probe)
         if health is None:
             return  # a probe's answer from a server forgotten while it was asked
-        rtt = max(rtt - self.pauses.paused_since(self._clock() - rtt), 0.0)
-        if health.successes == 0:
-            health.srtt = rtt  # the first sample replaces the guess (RFC 6298 §2.2)
-        else:
-            alpha = self.config.srtt_alpha
-            health.srtt = (1 - alpha) * health.srtt + alpha * rtt
-        health.successes += 1
+        if not probe:
+            rtt = max(rtt - self.pauses.paused_since(self._clock() - rtt), 0.0)
+            if health.successes == 0:
+                health.srtt = rtt  # the first sample replaces the guess (RFC 6298 §2.2)
+            else:
+                alpha = self.config.srtt_alpha
+                health.srtt = (1 - alpha) * health.srtt + alpha * rtt
+            health.successes += 1
         health.fails = 0
         if health.down:
             log.warning("upstream %s is up again (answered in %.0f ms)", url, rtt * 1000)

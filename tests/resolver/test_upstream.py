@@ -271,3 +271,17 @@ def test_bounds_are_checked() -> None:
     for seconds in (0, -1, float("nan")):
         with pytest.raises(ConfigError, match="forget_after must be a positive number of seconds"):
             UpstreamConfig(forget_after=seconds)
+
+
+def test_a_probe_brings_a_primary_back_ahead_of_its_mirror_whatever_the_probe_took() -> None:
+    """Regression (CI, stop 17): the probe of a just-restarted primary took ~100 ms and was blended
+    into its SRTT, so its CHENGDU kept answering for a hundred resolutions after it was back."""
+    up, _ = make(max_fails=1)
+    up.success(CHONGQING.url, 0.003)
+    up.success(CHENGDU.url, 0.003)
+    up.failure(CHONGQING.url, "refused")
+    assert up.choose([CHONGQING, CHENGDU]) == CHENGDU
+    up.success(CHONGQING.url, 0.120, probe=True)
+    assert not up.is_down(CHONGQING.url)
+    assert up.health(CHONGQING.url).srtt == pytest.approx(0.003)
+    assert up.choose([CHONGQING, CHENGDU]) == CHONGQING
