@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -119,8 +120,19 @@ def run_bulk(
 ) -> dict[str, Any]:
     if durability not in DURABILITY:
         raise ValueError(f"durability must be one of {', '.join(DURABILITY)}, not {durability!r}")
-    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="idres-bulk-"))
+    try:
+        return _run_bulk(work, count, out_dir, concurrency, batch_size, durability)
+    finally:
+        # Each run writes its records twice (the node's file and the baseline's): ~900 MB at 1M,
+        # which piled up in /tmp run after run while the directory was left behind.
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_bulk(
+    work: Path, count: int, out_dir: Path | None, concurrency: int, batch_size: int, durability: str
+) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     data_file = work / "records.csv"
     started = time.perf_counter()
     with data_file.open("w", encoding="utf-8", newline="") as f:
