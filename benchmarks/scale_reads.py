@@ -28,6 +28,7 @@ __all__ = [
     "Target",
     "digest_times",
     "expect",
+    "first_pass",
     "get_during",
     "get_throughput",
     "listing_targets",
@@ -95,6 +96,28 @@ def settle(pid: int, *, idle: float = 0.05, timeout: float = 120.0) -> float:
         if cpu_seconds() - before < idle:
             break
     return round(time.perf_counter() - started, 2)
+
+
+def first_pass(url: str, paths: Path, count: int, pid: int, *, connections: int, chunk: float = 5.0) -> dict[str, Any]:
+    """Ask for every one of the ``count`` identifiers in ``paths`` once, as runs of wrk of ``chunk``
+    seconds each starting where the last stopped (one wrk thread walks the file in order): the rate of
+    that first pass, each run's, and how long it took. Whatever of the sample the load left out of
+    the OS page cache is read from the disk here, so this is the node's rate on a cold sample; the
+    runs after it measure the same sample in memory (``get_throughput``)."""
+    server_cpu, load_cpu = load_cpus()
+    runs: list[int] = []
+    seconds = 0.0
+    asked = 0
+    pin(pid, server_cpu)
+    try:
+        while asked < count:
+            run = run_wrk(url, paths, duration=chunk, connections=connections, cpus=load_cpu, offset=asked)
+            asked += run.requests
+            seconds += run.seconds
+            runs.append(round(run.rps))
+    finally:
+        pin(pid, None)
+    return {"identifiers": count, "seconds": round(seconds, 2), "rps": round(asked / seconds), "rps_runs": runs}
 
 
 def get_throughput(

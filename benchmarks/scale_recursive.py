@@ -45,6 +45,10 @@ def _total(samples: Samples, name: str) -> float:
     return sum(value for (sample, _), value in samples.items() if sample == name)
 
 
+def _max(samples: Samples, name: str) -> float:
+    return max((value for (sample, _), value in samples.items() if sample == name), default=0.0)
+
+
 def _down(samples: Samples) -> dict[str, float]:
     """Servers marked down now: the per-server gauges (per worker with several), and the count."""
     down = {
@@ -179,5 +183,20 @@ def fill_and_probe(
         "worst_pause_ms": probe_figures["latency_from_due_ms"].get("max", 0.0),
         "upstreams_marked_down": watch["down"],
         "upstream_failures": int(failures_during),
+        # The node's own view, to tell a pause from a queue: the longest garbage collection and the
+        # longest time its event loop ran late (a collection, a long turn of the loop over many
+        # ready requests, or the process not scheduled), both since it started; and how often and
+        # how long the loop ran late during the fill.
+        "node": {
+            "gc_pause_max_ms": round(_max(after, "idres_gc_pause_max_seconds") * 1000, 2),
+            "gc_pauses": int(_total(after, "idres_gc_pauses_total") - _total(before, "idres_gc_pauses_total")),
+            "loop_late_max_ms": round(_max(after, "idres_loop_pause_max_seconds") * 1000, 2),
+            "loop_late_times": int(
+                _total(after, "idres_loop_pauses_total") - _total(before, "idres_loop_pauses_total")
+            ),
+            "loop_late_seconds": round(
+                _total(after, "idres_loop_pause_seconds_total") - _total(before, "idres_loop_pause_seconds_total"), 2
+            ),
+        },
         "metrics_scrapes": watch["scrapes"],
     }

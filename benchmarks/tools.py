@@ -193,8 +193,10 @@ def run_wrk(
     threads: int = 1,
     cpus: set[int] | None = None,
     extra: Sequence[str] = (),
+    offset: int = 0,
 ) -> WrkResult:
-    """Run wrk with ``spread.lua`` over ``paths_file`` against ``url`` (scheme, host and port)."""
+    """Run wrk with ``spread.lua`` over ``paths_file`` against ``url`` (scheme, host and port); its
+    (first) thread starts at line ``offset`` of the file."""
     wrk = ensure_wrk()
     cmd = [
         wrk,
@@ -210,6 +212,7 @@ def run_wrk(
         url,
         "--",
         str(paths_file),
+        str(offset),
     ]
 
     def pin_self() -> None:

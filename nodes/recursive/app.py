@@ -31,6 +31,7 @@ from nodes.recursive.workers import (
     node_metrics,
     siblings_ctx,
 )
+from nodes.shared.gc_pauses import collector_pauses
 from nodes.shared.http_api import Handler, guarded, respond
 from nodes.shared.metrics import METRICS, NodeMetrics, UpstreamMetrics, counter, gauge, metrics_handler
 from nodes.shared.openapi import openapi_handler
@@ -96,6 +97,10 @@ def _cache_metrics(app: web.Application, upstream: UpstreamMetrics) -> Iterable[
     yield counter("idres_loop_pauses", "Times the event loop ran late by more than a few ms", pauses.count)
     yield counter("idres_loop_pause_seconds", "Seconds the event loop ran late, summed", pauses.total)
     yield gauge("idres_loop_pause_max_seconds", "The longest event-loop pause seen", pauses.worst)
+    collections = collector_pauses()
+    yield counter("idres_gc_pauses", "Garbage collections of this process", collections.count)
+    yield counter("idres_gc_pause_seconds", "Seconds the garbage collector stopped this process", collections.total)
+    yield gauge("idres_gc_pause_max_seconds", "The longest garbage collection", collections.worst)
     yield counter(
         "idres_upstream_timeouts_excused",
         "Timed-out upstream tries not held against the server: the node itself was paused",

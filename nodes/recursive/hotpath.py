@@ -27,6 +27,7 @@ from aiohttp import web
 from nodes.recursive.config import RECURSIVE, RECURSIVE_CONFIG
 from nodes.recursive.forward import forward
 from nodes.shared.access_log import CACHE, HOPS, RESPONSE_CODE, STARTED
+from nodes.shared.gc_pauses import collector_pauses
 from nodes.shared.http_api import (
     HANDLES_PATH,
     Handler,
@@ -92,6 +93,7 @@ async def freeze_startup_objects(app: web.Application) -> None:
     del app
     gc.collect()
     gc.freeze()
+    collector_pauses()  # collections are timed from here on: the serving process's, not start-up's
 
 
 def get_handler(cache: Cache, hot: HotPath, metrics: NodeMetrics) -> Handler:
