@@ -339,7 +339,7 @@ def print_table(result: dict[str, Any], console: Console) -> None:
     )
     first, first_early = _get(late, "first_pass", "rps"), _get(early, "first_pass", "rps")
     table.add_row(
-        f"  first pass over the sample, from disk ({_fmt(first, '', 0)} / {_fmt(first_early, '', 0)})",
+        f"  first pass over each sample, at N mostly from disk ({_fmt(first, '', 0)} / {_fmt(first_early, '', 0)})",
         _fmt(_get(result, "get_throughput", "first_pass_ratio"), "", 3),
         "(reported)",
         "",

@@ -112,6 +112,8 @@ def first_pass(url: str, paths: Path, count: int, pid: int, *, connections: int,
     try:
         while asked < count:
             run = run_wrk(url, paths, duration=chunk, connections=connections, cpus=load_cpu, offset=asked)
+            if run.requests == 0:
+                raise RuntimeError(f"no GET answered in {chunk:g} s at {url}: {run.errors}")
             asked += run.requests
             seconds += run.seconds
             runs.append(round(run.rps))

@@ -13,7 +13,7 @@ import aiohttp
 from resolver.config import NodeSpec
 from resolver.errors import ConfigError
 
-__all__ = ["client_connector", "client_context", "server_context"]
+__all__ = ["client_connector", "client_context", "node_session", "server_context"]
 
 
 def server_context(spec: NodeSpec) -> ssl.SSLContext | None:
@@ -43,3 +43,16 @@ def client_context(cafile: str | None) -> ssl.SSLContext:
 def client_connector(cafile: str | None, *, limit: int = 100, limit_per_host: int = 0) -> aiohttp.TCPConnector:
     """A connector for sessions that talk to nodes, with TCPConnector's connection limits."""
     return aiohttp.TCPConnector(ssl=client_context(cafile), limit=limit, limit_per_host=limit_per_host)
+
+
+def node_session(cafile: str | None, *, limit: int = 100, limit_per_host: int = 0) -> aiohttp.ClientSession:
+    """A session for talking to nodes: ``client_connector``'s TLS and limits, and no cookie jar.
+
+    Nodes set no cookies, and a server named by a referral is untrusted (DESIGN §11). aiohttp's
+    default jar keeps every cookie a server at a host name sets, for as long as the process runs,
+    and sends them back with later requests: memory a hostile upstream could grow without bound.
+    ``DummyCookieJar`` keeps none. Call it from a coroutine (a session belongs to the running loop)."""
+    return aiohttp.ClientSession(
+        connector=client_connector(cafile, limit=limit, limit_per_host=limit_per_host),
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )

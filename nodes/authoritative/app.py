@@ -8,7 +8,6 @@ import math
 import time
 from collections.abc import AsyncIterator, Iterable
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.metrics_core import Metric
 
@@ -39,7 +38,7 @@ from resolver.errors import ProtocolError
 from resolver.names import parse_handle
 from resolver.records import parse_put_body
 from resolver.storage import SQLiteStorage
-from resolver.tls import client_connector
+from resolver.tls import node_session
 
 __all__ = ["AuthoritativeConfig", "create_app"]
 
@@ -55,9 +54,7 @@ async def _node_ctx(app: web.Application) -> AsyncIterator[None]:
     async with contextlib.AsyncExitStack() as resources:
         store = await SQLiteStorage.open(config.db_path, synchronous=config.spec.durability.upper())
         resources.push_async_callback(store.close)
-        session = await resources.enter_async_context(
-            aiohttp.ClientSession(connector=client_connector(config.topology.tls_ca))
-        )
+        session = await resources.enter_async_context(node_session(config.topology.tls_ca))
         roots = [n.url for n in config.topology.roots()]
         role = await starting_role(store, config.spec)
         authority = Authority(

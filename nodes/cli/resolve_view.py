@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 from rich import box
 from rich.console import Console
 from rich.measure import Measurement
@@ -22,7 +21,7 @@ from resolver.names import parse_handle
 from resolver.records import filter_values
 from resolver.resolution import Answer, Hop, Resolution, prefix_unregistered
 from resolver.sites import SiteServer
-from resolver.tls import client_connector
+from resolver.tls import node_session
 from resolver.upstream import Upstreams
 from resolver.walk import WALK_UPSTREAM, walk
 
@@ -75,7 +74,7 @@ async def walk_from(
     HTTPS servers are verified against ``cafile`` (default: the system's CAs). InvalidHandle when
     ``text`` is not a handle."""
     handle = parse_handle(text)
-    async with aiohttp.ClientSession(connector=client_connector(cafile)) as session:
+    async with node_session(cafile) as session:
         transport = _KeepLastReply(HttpTransport(HandleClient(session), params=[("trace", "true")] if trace else []))
         resolution = await walk(handle, [SiteServer(server, True)], transport, Upstreams(WALK_UPSTREAM))
     result, failed = resolution.result, resolution.failed

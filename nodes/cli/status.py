@@ -27,7 +27,7 @@ from resolver.client import HandleClient, basic_auth, describe_failure
 from resolver.config import NodeSpec, Topology
 from resolver.errors import UpstreamError
 from resolver.names import prefix_handle
-from resolver.tls import client_connector
+from resolver.tls import node_session
 
 __all__ = ["DEFAULT_TIMEOUT", "Answers", "cache_counters", "gather", "known_secrets", "unsettled"]
 
@@ -182,7 +182,7 @@ async def gather(
     topology: Topology, secrets: Mapping[str, str], *, cafile: str | None, timeout: float = DEFAULT_TIMEOUT
 ) -> dict[str, Answers]:
     """Every node's answers by name, asked concurrently; pairs caught mid-write are asked again."""
-    async with aiohttp.ClientSession(connector=client_connector(cafile)) as session:
+    async with node_session(cafile) as session:
         nodes = list(topology.nodes.values())
         found = await asyncio.gather(*(_ask(spec, session, secrets, timeout) for spec in nodes))
         answers = {a.spec.name: a for a in found}

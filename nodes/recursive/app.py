@@ -16,7 +16,6 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
@@ -42,7 +41,7 @@ from resolver.client import HandleClient, HttpTransport
 from resolver.config import NodeSpec, Topology
 from resolver.driver import RecursiveResolver
 from resolver.sites import SiteServer
-from resolver.tls import client_connector
+from resolver.tls import node_session
 from resolver.upstream import Upstreams
 
 __all__ = ["RecursiveConfig", "create_recursive_app", "root_servers"]
@@ -132,9 +131,7 @@ def _resolver_ctx(
     async def resolver_ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[RECURSIVE_CONFIG]
         # Keep-alive connections to every upstream; the per-try timeouts come from the resolution.
-        session = aiohttp.ClientSession(
-            connector=client_connector(config.topology.tls_ca, limit=256, limit_per_host=64)
-        )
+        session = node_session(config.topology.tls_ca, limit=256, limit_per_host=64)
         client = HandleClient(session)
 
         roots = root_servers(config.topology, config.spec)

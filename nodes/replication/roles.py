@@ -86,7 +86,7 @@ from resolver.config import NodeSpec
 from resolver.errors import NotReplicated, ProtocolError, ReplicationError, ServerBusy, UpstreamError
 from resolver.names import prefix_handle
 from resolver.storage import Storage
-from resolver.tls import client_connector
+from resolver.tls import node_session
 
 __all__ = [
     "REPLICATION",
@@ -159,7 +159,7 @@ async def replicating(
 
     Entered once the authority is built (and, on a primary, its own prefix handle written): only
     then does a mirror start copying or a primary answer its peers."""
-    async with aiohttp.ClientSession(connector=client_connector(config.topology.tls_ca)) as session:
+    async with node_session(config.topology.tls_ca) as session:
         replication = Replication(authority, config, start, session)
         try:
             await replication.start()

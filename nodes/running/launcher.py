@@ -30,7 +30,7 @@ from nodes.running.summary import idres_words, print_command, print_summary, say
 from resolver.client import HandleClient
 from resolver.config import NodeSpec, Topology
 from resolver.errors import ConfigError, HandleError
-from resolver.tls import client_connector
+from resolver.tls import node_session
 
 __all__ = [
     "NodeProcess",
@@ -220,7 +220,7 @@ def seed_running_nodes(topology: Topology, data_dir: Path, console: Console, *, 
         return 1
 
     async def run() -> list[Seeded]:
-        async with aiohttp.ClientSession(connector=client_connector(topology.tls_ca)) as session:
+        async with node_session(topology.tls_ca) as session:
             await wait_reachable(session, topology.primaries(), timeout)
             # Once they serve: a node writes the secret it was started with before it serves.
             await asyncio.to_thread(refuse_other_secrets, topology, data_dir, secrets)
@@ -266,7 +266,7 @@ async def wait_healthy(
 
 
 async def _bring_up(topology: Topology, nodes: list[NodeProcess], secrets: dict[str, str]) -> list[Seeded]:
-    async with aiohttp.ClientSession(connector=client_connector(topology.tls_ca)) as session:
+    async with node_session(topology.tls_ca) as session:
         await wait_healthy(session, nodes)
         return await register_topology(HandleClient(session), topology, secrets)
 
