@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
-
+from benchmarks.rawhttp import HttpError, connect
 from benchmarks.tools import summarize
 
 __all__ = ["main", "probe"]
@@ -42,13 +41,13 @@ async def probe(url: str, interval: float, stop: asyncio.Event) -> dict[str, Any
     service: list[float] = []  # from when it was sent
     errors: list[str] = []
     max_gap = 0.0
-    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as session:
+    path = urlsplit(url).path
+    connection = await connect(url)
+    try:
         # The first request opens the connection; the parent starts its load only after READY.
-        async with session.get(url) as resp:
-            await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"the probe's identifier answers HTTP {resp.status} at {url}")
+        status, _ = await connection.get(path, timeout=REQUEST_TIMEOUT)
+        if status != 200:
+            raise RuntimeError(f"the probe's identifier answers HTTP {status} at {url}")
         print(READY, flush=True)
         start = last_done = time.perf_counter()
         number = skipped = 0
@@ -61,16 +60,15 @@ async def probe(url: str, interval: float, stop: asyncio.Event) -> dict[str, Any
             number += 1
             wait = due - now
             if wait > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), wait)
+                await asyncio.sleep(wait)  # at most one interval: SIGTERM is seen within one
                 if stop.is_set():
                     break
             sent = time.perf_counter()
+            if not connection.open:
+                connection = await connect(url)
             try:
-                async with session.get(url) as resp:
-                    await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                status, _ = await connection.get(path, timeout=REQUEST_TIMEOUT)
+            except (HttpError, OSError) as exc:
                 status, reason = 0, f"{type(exc).__name__}: {exc}"
             else:
                 reason = f"HTTP {status}"
@@ -81,6 +79,8 @@ async def probe(url: str, interval: float, stop: asyncio.Event) -> dict[str, Any
             last_done = done
             if status != 200:
                 errors.append(reason)
+    finally:
+        connection.close()
     return {
         "interval_ms": interval * 1000,
         "requests": len(latencies),

@@ -26,11 +26,13 @@ from typing import Any
 
 import aiohttp
 
+from benchmarks.rawhttp import HttpError, connect
 from benchmarks.scale_load import PeakRss, tree_rss_kib
 from benchmarks.tools import parse_prometheus, request_path
 
 __all__ = ["fill_and_probe"]
 
+REQUEST_TIMEOUT = 30.0  # seconds for one fill request: far past any pause worth reporting
 METRICS_EVERY = 1.0  # seconds between /metrics reads while filling: a short mark-down still shows
 ONE_MILLION = 1_000_000
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -74,25 +76,29 @@ async def _resolve(
     started = time.perf_counter()
     sent = 0
 
-    async def worker(session: aiohttp.ClientSession) -> None:
+    async def worker() -> None:
         nonlocal answered, sent
-        for handle in handles:  # one shared iterator: each handle is taken by one worker
-            if rate > 0:
-                due = started + sent / rate
-                sent += 1
-                if (wait := due - time.perf_counter()) > 0:
-                    await asyncio.sleep(wait)
-            try:
-                async with session.get(url + request_path(handle)) as resp:
-                    await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                failures.append(f"{handle}: {type(exc).__name__}: {exc}")
-                continue
-            if status == 200:
-                answered += 1
-            else:
-                failures.append(f"{handle}: HTTP {status}")
+        connection = await connect(url)
+        try:
+            for handle in handles:  # one shared iterator: each handle is taken by one worker
+                if rate > 0:
+                    due = started + sent / rate
+                    sent += 1
+                    if (wait := due - time.perf_counter()) > 0:
+                        await asyncio.sleep(wait)
+                if not connection.open:
+                    connection = await connect(url)
+                try:
+                    status, _ = await connection.get(request_path(handle), timeout=REQUEST_TIMEOUT)
+                except (HttpError, OSError) as exc:
+                    failures.append(f"{handle}: {type(exc).__name__}: {exc}")
+                    continue
+                if status == 200:
+                    answered += 1
+                else:
+                    failures.append(f"{handle}: HTTP {status}")
+        finally:
+            connection.close()
 
     async def watcher(session: aiohttp.ClientSession) -> None:
         while not done.is_set():
@@ -102,10 +108,9 @@ async def _resolve(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), METRICS_EVERY)
 
-    connector = aiohttp.TCPConnector(limit=concurrency + 1)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)) as session:
         watching = asyncio.create_task(watcher(session))
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
         done.set()
         await watching
     seconds = time.perf_counter() - started
