@@ -11,6 +11,7 @@ body, a closed connection) is an error the caller counts, never a benchmark figu
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 from urllib.parse import urlsplit
 
 __all__ = ["Connection", "HttpError", "connect"]
@@ -38,8 +39,7 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+import uvloop
+
 from benchmarks.rawhttp import HttpError, connect
 from benchmarks.tools import summarize
 
@@ -104,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("url", help="the full URL to GET, e.g. http://127.0.0.1:8000/api/handles/88.118.8/X")
     p.add_argument("--interval-ms", type=float, default=10.0, help="milliseconds between requests")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    result = asyncio.run(_run(args.url, args.interval_ms / 1000))
+    result = uvloop.run(_run(args.url, args.interval_ms / 1000))
     print(json.dumps(result), flush=True)
     return 0
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from benchmarks.rawhttp import HttpError, connect
 from benchmarks.scale_load import PeakRss, tree_rss_kib
@@ -165,7 +166,7 @@ def fill_and_probe(
     probe = _start_probe(url + request_path(hot), interval_ms)
     try:
         with PeakRss({"recursive": pid}) as rss:
-            fill = asyncio.run(_resolve(url, handles, concurrency, rate, watch))
+            fill = uvloop.run(_resolve(url, handles, concurrency, rate, watch))  # the leaner loop
     finally:
         probe_figures = _stop_probe(probe)
     after = asyncio.run(_snapshot(url))

@@ -34,10 +34,12 @@ from resolver.names import Handle
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MAX_ANSWER_BYTES",
+    "BadAnswer",
     "HandleClient",
     "HttpTransport",
     "Params",
     "Reply",
+    "answer_reply",
     "basic_auth",
     "describe_failure",
     "handle_path",
@@ -135,8 +137,8 @@ def describe_failure(exc: BaseException) -> tuple[FailureKind, str]:
     return FailureKind.CONNECTION_LOST, str(exc) or type(exc).__name__
 
 
-class _BadAnswer(Exception):
-    """An answer this client will not read; its message is the reason."""
+class BadAnswer(Exception):
+    """An answer a client will not read; its message is the reason, ``kind`` how it counts."""
 
     def __init__(self, reason: str, kind: FailureKind = FailureKind.BAD_ANSWER) -> None:
         super().__init__(reason)
@@ -145,37 +147,51 @@ class _BadAnswer(Exception):
 
 async def _read_answer(resp: aiohttp.ClientResponse, limit: int) -> Reply:
     """The answer's status and decoded body, read in chunks and abandoned past ``limit`` bytes."""
-    if 300 < resp.status < 400:  # never followed: a Location may point anywhere (300 is a referral)
-        raise _BadAnswer(f"answered HTTP {resp.status}, a redirect, not a Handle answer")
+    if 300 < resp.status < 400:  # never read: answer_reply refuses it
+        return answer_reply(resp.status, resp.content_type, b"", None, None)
     declared = resp.content_length
     if declared is not None and declared > limit:
-        raise _BadAnswer(f"the answer of {declared} bytes exceeded the limit of {limit} bytes")
+        raise BadAnswer(f"the answer of {declared} bytes exceeded the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in resp.content.iter_chunked(_CHUNK):
         size += len(chunk)
         if size > limit:
-            raise _BadAnswer(f"the answer exceeded the limit of {limit} bytes")
+            raise BadAnswer(f"the answer exceeded the limit of {limit} bytes")
         chunks.append(chunk)
-    challenge = resp.headers.get("WWW-Authenticate") if resp.status == 401 else None
-    retry_after = _retry_after(resp.headers.get("Retry-After")) if resp.status in (429, 503) else None
-    if not size:
-        return Reply(resp.status, {}, challenge, retry_after)
-    media = _ANSWER_TYPES.get(resp.content_type)
+    return answer_reply(
+        resp.status,
+        resp.content_type,
+        b"".join(chunks),
+        resp.headers.get("WWW-Authenticate"),
+        resp.headers.get("Retry-After"),
+    )
+
+
+def answer_reply(status: int, content_type: str, body: bytes, challenge: str | None, retry_after: str | None) -> Reply:
+    """The ``Reply`` of an answer read whole (``body``): a redirect is never followed and only JSON
+    and msgpack are read, each else a ``BadAnswer``; ``content_type`` is the header's value (its
+    parameters are ignored); ``challenge`` and ``retry_after`` the headers of those names, if any."""
+    if 300 < status < 400:  # never followed: a Location may point anywhere (300 is a referral)
+        raise BadAnswer(f"answered HTTP {status}, a redirect, not a Handle answer")
+    media_type = content_type.partition(";")[0].strip().lower()
+    challenge = challenge if status == 401 else None
+    seconds = _retry_after(retry_after) if status in (429, 503) else None
+    if not body:
+        return Reply(status, {}, challenge, seconds)
+    media = _ANSWER_TYPES.get(media_type)
     if media is None:
-        kind = FailureKind.SERVER_ERROR if resp.status >= 500 else FailureKind.BAD_ANSWER
-        raise _BadAnswer(f"answered {resp.content_type} (HTTP {resp.status}), not JSON or msgpack", kind)
+        kind = FailureKind.SERVER_ERROR if status >= 500 else FailureKind.BAD_ANSWER
+        raise BadAnswer(f"answered {media_type or 'no media type'} (HTTP {status}), not JSON or msgpack", kind)
     try:
-        parsed = decode(b"".join(chunks), media)
+        parsed = decode(body, media)
     except (HandleError, ValueError, RecursionError):
         # Not what it claims to be: the status still says whether the server failed; its bytes are
         # not repeated (they would reach the client in the error's message).
-        return Reply(
-            resp.status, {"responseCode": 2, "message": f"the answer is not valid {media}"}, challenge, retry_after
-        )
+        return Reply(status, {"responseCode": 2, "message": f"the answer is not valid {media}"}, challenge, seconds)
     if not isinstance(parsed, dict):
-        return Reply(resp.status, {"responseCode": 2, "message": "the answer is not an object"}, challenge, retry_after)
-    return Reply(resp.status, parsed, challenge, retry_after)
+        return Reply(status, {"responseCode": 2, "message": "the answer is not an object"}, challenge, seconds)
+    return Reply(status, parsed, challenge, seconds)
 
 
 def _retry_after(value: str | None) -> int | None:
@@ -241,7 +257,7 @@ class HandleClient:
             ) as resp:
                 try:
                     return await _read_answer(resp, self._limit)
-                except _BadAnswer as exc:
+                except BadAnswer as exc:
                     resp.close()  # abandon the rest: the connection is not reused
                     raise UpstreamError.one(base_url, exc.kind, str(exc), what=what) from exc
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
