@@ -354,11 +354,20 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         _verdict(value, t["recursive_rss_at_1m_mib"]),
     )
     value = _get(rec, "worst_pause_ms")
+    tail = _fmt(_get(rec, "probe", "latency_from_due_ms", "p99.9"), " ms")
     table.add_row(
-        f"recursive: worst probe latency while filling ({_fmt(_get(rec, 'fill', 'per_second'), '/s', 0)})",
+        f"recursive: worst probe latency while filling ({_fmt(_get(rec, 'fill', 'per_second'), '/s', 0)}; "
+        f"probe at {_get(rec, 'probe', 'priority')}; p99.9 {tail})",
         _fmt(value, " ms", 2),
         f"< {t['recursive_worst_pause_ms']:g} ms",
         _verdict(value, t["recursive_worst_pause_ms"]),
+    )
+    table.add_row(
+        f"  an ordinary probe beside it, which also waits for a CPU (p99.9 "
+        f"{_fmt(_get(rec, 'probe_ordinary', 'latency_from_due_ms', 'p99.9'), ' ms')})",
+        _fmt(_get(rec, "worst_pause_ordinary_ms"), " ms", 2),
+        "(reported)",
+        "",
     )
     table.add_row(
         "  the node's longest collection / longest late loop turn",

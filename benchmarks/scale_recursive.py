@@ -3,8 +3,9 @@ times its pauses; memory per answer and whether any upstream was marked down mea
 
 1. One identifier is resolved through the node (the probe's, hot from then on), and the node's
    resident memory (its process and any workers) and ``/metrics`` are read.
-2. ``benchmarks.scale_probe`` starts as its own process: one GET of the hot identifier every
-   ``interval`` on its own connection, timed from when it was due.
+2. ``benchmarks.scale_probe`` starts twice, each its own process: one GET of the hot identifier
+   every ``interval`` on its own connection, timed from when it was due; one probe runs at
+   real-time priority when permitted (the node's figures), the other as an ordinary process.
 3. This process resolves ``answers`` distinct identifiers through the node (``concurrency`` at a
    time), each a cache miss that walks to the enterprise node; ``/metrics`` is read every
    ``METRICS_EVERY`` seconds for upstreams marked down, the node's memory every 100 ms.
@@ -124,8 +125,9 @@ async def _resolve(
     }
 
 
-def _start_probe(url: str, interval_ms: float) -> subprocess.Popen[str]:
+def _start_probe(url: str, interval_ms: float, *, realtime: bool) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-m", "benchmarks.scale_probe", url, "--interval-ms", str(interval_ms)]
+    cmd += ["--realtime"] if realtime else []
     probe = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     assert probe.stdout is not None
     line = probe.stdout.readline().strip()  # READY, or nothing when it failed
@@ -163,10 +165,17 @@ def fill_and_probe(
     before = asyncio.run(_snapshot(url, hot))
     rss_before = tree_rss_kib(pid)
     watch: dict[str, Any] = {"down": _down(before), "scrapes": 0}
-    probe = _start_probe(url + request_path(hot), interval_ms)
+    # Two probes of the one hot identifier: a real-time one, whose figures are the node's (it never
+    # waits for a CPU itself), and an ordinary one, which waits its turn as any client on this
+    # machine would (``benchmarks.scale_probe``).
+    probe = _start_probe(url + request_path(hot), interval_ms, realtime=True)
     try:
-        with PeakRss({"recursive": pid}) as rss:
-            fill = uvloop.run(_resolve(url, handles, concurrency, rate, watch))  # the leaner loop
+        ordinary = _start_probe(url + request_path(hot), interval_ms, realtime=False)
+        try:
+            with PeakRss({"recursive": pid}) as rss:
+                fill = uvloop.run(_resolve(url, handles, concurrency, rate, watch))  # the leaner loop
+        finally:
+            ordinary_figures = _stop_probe(ordinary)
     finally:
         probe_figures = _stop_probe(probe)
     after = asyncio.run(_snapshot(url))
@@ -186,7 +195,9 @@ def fill_and_probe(
         "rss_at_1m_answers_mib": round(at_million / 1_048_576, 1),
         "rss_at_1m_answers_is": "measured" if entries >= ONE_MILLION else "projected from bytes_per_answer",
         "probe": probe_figures,
+        "probe_ordinary": ordinary_figures,
         "worst_pause_ms": probe_figures["latency_from_due_ms"].get("max", 0.0),
+        "worst_pause_ordinary_ms": ordinary_figures["latency_from_due_ms"].get("max", 0.0),
         "upstreams_marked_down": watch["down"],
         "upstream_failures": int(failures_during),
         # The node's own view, to tell a pause from a queue: the longest garbage collection and the

@@ -93,10 +93,14 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     recursive = result["recursive"]
     assert recursive["fill"]["answered"] == 2000 and recursive["fill"]["failed"] == 0, recursive["fill"]
     assert recursive["cache_entries_added"] >= 2000
-    for figure in ("bytes_per_answer", "rss_at_1m_answers_mib", "worst_pause_ms"):
+    for figure in ("bytes_per_answer", "rss_at_1m_answers_mib", "worst_pause_ms", "worst_pause_ordinary_ms"):
         _positive(recursive, figure)
-    _positive(recursive, "probe", "requests")
-    assert recursive["probe"]["errors"] == 0, recursive["probe"]
+    for probe in ("probe", "probe_ordinary"):
+        _positive(recursive, probe, "requests")
+        assert recursive[probe]["errors"] == 0, recursive[probe]
+    assert recursive["probe_ordinary"]["priority"] == "normal"
+    # Real-time where permitted (root with CAP_SYS_NICE), else ordinary and saying why.
+    assert recursive["probe"]["priority"].startswith(("SCHED_FIFO 10", "normal (real-time not permitted")), recursive
     assert recursive["upstreams_marked_down"] == {}, recursive
 
     print_table(result, Console(record=True, width=200))  # the table prints from what was written
