@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import sys
@@ -43,6 +44,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks.affinity import node_on_its_own_cpu
 from benchmarks.resolve import machine
 from benchmarks.scale_load import OPERATOR, PREFIX, database_bytes, first_handles, load
 from benchmarks.scale_mirror import catch_up
@@ -225,15 +227,24 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
             def recursive() -> dict[str, Any]:
                 handles = first_handles(args.identifiers, args.answers, args.seed)
-                return fill_and_probe(
-                    bench.url(RECURSIVE),
-                    bench.pid(RECURSIVE),
-                    loaded.last,  # not among the fill's (first) identifiers unless it fills them all
-                    handles,
-                    concurrency=args.fill_concurrency,
-                    interval_ms=args.probe_interval_ms,
-                    rate=args.fill_rate,
+                node = bench.pid(RECURSIVE)
+                others = [n.process.pid for n in bench.nodes if n.spec.name != RECURSIVE and n.process.poll() is None]
+                pinning = (
+                    node_on_its_own_cpu(node, others)
+                    if args.pin_recursive and args.recursive_workers == 1
+                    else contextlib.nullcontext("not pinned (--no-pin-recursive, or several workers)")
                 )
+                with pinning as pinned:
+                    figures = fill_and_probe(
+                        bench.url(RECURSIVE),
+                        node,
+                        loaded.last,  # not among the fill's (first) identifiers unless it fills them all
+                        handles,
+                        concurrency=args.fill_concurrency,
+                        interval_ms=args.probe_interval_ms,
+                        rate=args.fill_rate,
+                    )
+                return {**figures, "cpus": pinned}
 
             result["recursive"] = _section(
                 f"filling {RECURSIVE} with {args.answers:,} answers "
@@ -369,6 +380,7 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         "(reported)",
         "",
     )
+    table.add_row(f"  CPUs while filling: {_get(rec, 'cpus')}", "", "", "")
     table.add_row(
         "  the node's longest collection / longest late loop turn",
         f"{_fmt(_get(rec, 'node', 'gc_pause_max_ms'), ' ms')} / {_fmt(_get(rec, 'node', 'loop_late_max_ms'), ' ms')}",
@@ -418,6 +430,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--probe-interval-ms", type=float, default=10.0, help="the probe's interval")
     p.add_argument("--recursive-workers", type=int, default=1, help="workers of the recursive node")
+    p.add_argument(
+        "--pin-recursive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="while filling, the recursive node on CPU 0 and everything else on the others (one worker only)",
+    )
     p.add_argument("--seed", type=int, default=0, help="datagen's seed, and the random samples'")
     p.add_argument("--json", type=Path, default=Path("bench-results/scale.json"), help="where to write the figures")
     return p

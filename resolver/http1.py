@@ -12,9 +12,10 @@ redirect), with two of its own: a head of at most ``MAX_HEAD_BYTES`` and at most
 
 A connection is reused while the server keeps it alive. One that the server closed while it sat in
 the pool is found on reuse: a request that got no byte of answer on a reused connection is sent
-once more on a new one (a GET changes nothing). Idle connections are closed after ``IDLE_SECONDS``
-and a server's pool entry goes with its last connection, so what is kept per server stays bounded
-whatever servers referrals name (DESIGN §11).
+once more on a new one (a GET changes nothing). Idle connections are closed after ``IDLE_SECONDS``,
+at most ``limit`` are kept in all, and a server's pool entry goes with its last connection, so what
+is kept stays bounded whatever servers referrals name (DESIGN §11). A connection on which a server
+sends anything but one answer to the one request is closed, never reused.
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class _Connection(asyncio.Protocol):
         if self._body_bytes > self._limit:
             raise BadAnswer(f"the answer exceeded the limit of {self._limit} bytes")
 
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer to one request: the connection is out of step
+            raise BadAnswer("the server sent more than one answer to one request")
+
     def on_message_complete(self) -> None:
         self._finish()
 
@@ -194,6 +199,8 @@ class ConnectionPool:
         self._slots = asyncio.Semaphore(limit)
         self._limit = max_answer_bytes
         self._servers: dict[str, _Server] = {}
+        self._idle = 0  # connections kept idle, in all servers' lists
+        self._max_idle = limit  # past it a connection is closed, not kept: bounded whatever servers are asked
         self._swept = time.monotonic()
 
     async def get(self, base_url: str, path: str, timeout: float) -> Reply:
@@ -250,10 +257,11 @@ class ConnectionPool:
                         connection.headers.get("www-authenticate"),
                         connection.headers.get("retry-after"),
                     )
-                    if connection.keep_alive:
+                    if connection.keep_alive and self._idle < self._max_idle:
                         connection.idle_since = time.monotonic()
                         connection.reused = True
                         server.idle.append(connection)
+                        self._idle += 1
                     else:
                         connection.close()
                     return reply
@@ -267,6 +275,7 @@ class ConnectionPool:
         expired = time.monotonic() - IDLE_SECONDS
         while server.idle:
             connection = server.idle.pop()
+            self._idle -= 1
             transport = connection.transport
             if transport is not None and not transport.is_closing() and connection.idle_since > expired:
                 return connection
@@ -289,6 +298,7 @@ class ConnectionPool:
             for other in self._servers.values():
                 while other.idle and other.idle[0].idle_since < now - IDLE_SECONDS:
                     other.idle.popleft().close()
+                    self._idle -= 1
             for name in [n for n, s in self._servers.items() if not s.busy and not s.idle]:
                 del self._servers[name]
         elif not server.busy and not server.idle:
@@ -303,6 +313,7 @@ class ConnectionPool:
             while server.idle:
                 server.idle.pop().close()
         self._servers.clear()
+        self._idle = 0
 
 
 class PooledTransport:

@@ -283,3 +283,50 @@ async def test_probe_is_true_only_for_a_healthy_answer(server: Server, pool: Con
     healthy = False
     assert await transport.probe(server.url, 1.0) is False
     assert await transport.probe(f"http://127.0.0.1:{free_port()}", 1.0) is False
+
+
+async def test_a_second_answer_to_one_request_closes_the_connection(pool: ConnectionPool) -> None:
+    body = msgpack.packb(ANSWER)
+    answer_bytes = b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+        MSGPACK.encode(),
+        len(body),
+        body,
+    )
+    connections = 0
+
+    async def twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.write(answer_bytes * 2)  # the second answers nothing: the next request would get it
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    async with raw_server(twice) as url:
+        transport = PooledTransport(pool)
+        assert await transport.query(url, "88.118/X", 2.0) == (200, ANSWER)
+        assert await transport.query(url, "88.118/X", 2.0) == (200, ANSWER)
+    assert connections == 2, "the connection out of step was not reused"
+
+
+async def test_idle_connections_kept_are_bounded_by_the_limit_in_all() -> None:
+    servers = []
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(3):
+
+            async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                body = msgpack.packb(ANSWER)
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+                    % (MSGPACK.encode(), len(body), body)
+                )
+                await writer.drain()
+                await asyncio.sleep(5)
+
+            servers.append(await stack.enter_async_context(raw_server(answer)))
+        pool = ConnectionPool(limit=2, limit_per_host=2)
+        try:
+            for url in servers:
+                assert await PooledTransport(pool).query(url, "88.118/X", 2.0) == (200, ANSWER)
+            assert len(pool) == 2, "two servers keep an idle connection, the third none"
+        finally:
+            await pool.close()
