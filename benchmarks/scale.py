@@ -381,6 +381,14 @@ def print_table(result: dict[str, Any], console: Console) -> None:
         "",
     )
     table.add_row(f"  CPUs while filling: {_get(rec, 'cpus')}", "", "", "")
+    worst = _get(rec, "kernel", "worst_interval") or {}
+    table.add_row(
+        "  the node's worst sample (every ~50 ms) by the kernel: on a CPU / waiting for one / major faults / steal",
+        f"{worst.get('on_cpu_ms', '-')} / {worst.get('waited_ms', '-')} ms / {worst.get('major_faults', '-')} / "
+        f"{worst.get('steal_ms', '-')} ms",
+        "(reported)",
+        "",
+    )
     table.add_row(
         "  the node's longest collection / longest late loop turn",
         f"{_fmt(_get(rec, 'node', 'gc_pause_max_ms'), ' ms')} / {_fmt(_get(rec, 'node', 'loop_late_max_ms'), ' ms')}",

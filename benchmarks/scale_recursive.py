@@ -30,6 +30,7 @@ import uvloop
 
 from benchmarks.rawhttp import HttpError, connect
 from benchmarks.scale_load import PeakRss, tree_rss_kib
+from benchmarks.schedstat import SchedSampler
 from benchmarks.tools import parse_prometheus, request_path
 
 __all__ = ["fill_and_probe"]
@@ -172,7 +173,7 @@ def fill_and_probe(
     try:
         ordinary = _start_probe(url + request_path(hot), interval_ms, realtime=False)
         try:
-            with PeakRss({"recursive": pid}) as rss:
+            with PeakRss({"recursive": pid}) as rss, SchedSampler(pid) as sched:
                 fill = uvloop.run(_resolve(url, handles, concurrency, rate, watch))  # the leaner loop
         finally:
             ordinary_figures = _stop_probe(ordinary)
@@ -216,4 +217,7 @@ def fill_and_probe(
             ),
         },
         "metrics_scrapes": watch["scrapes"],
+        # The kernel's accounts of the node's main thread over the fill (``benchmarks.schedstat``):
+        # whether a pause was its own work, a wait for a CPU, the disk or none of these.
+        "kernel": sched.figures(),
     }

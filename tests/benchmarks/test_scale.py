@@ -99,6 +99,10 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
         _positive(recursive, probe, "requests")
         assert recursive[probe]["errors"] == 0, recursive[probe]
     assert recursive["probe_ordinary"]["priority"] == "normal"
+    kernel = recursive["kernel"]
+    assert kernel["on_cpu_s"] > 0 and kernel["waited_for_cpu_s"] >= 0 and kernel["major_faults"] >= 0, kernel
+    assert kernel["worst_interval"]["on_cpu_ms"] > 0, kernel
+    assert recursive["cpus"].startswith(("the node on CPU 0, everything else on CPU", "not pinned (")), recursive
     # Real-time where permitted (root with CAP_SYS_NICE), else ordinary and saying why.
     assert recursive["probe"]["priority"].startswith(("SCHED_FIFO 10", "normal (real-time not permitted")), recursive
     assert recursive["upstreams_marked_down"] == {}, recursive

@@ -1,0 +1,105 @@
+"""Why a process was not running: the kernel's own accounts, sampled while the scale benchmark fills
+the recursive node, to tell its pauses apart.
+
+Every ``interval`` a thread reads, for the node's main thread, ``/proc/PID/task/PID/schedstat``
+(nanoseconds on a CPU, nanoseconds runnable but waiting for one) and the major page faults of
+``/proc/PID/stat`` (a page read back from the disk: code or a file the kernel had dropped), and
+the machine's steal time from ``/proc/stat`` (the hypervisor running something else on a virtual
+CPU). A pause of the node's loop is then one of: its own work (on-CPU time grew by the pause), a
+wait for a CPU (the run-queue wait grew), the disk (major faults), or none of these on the node's
+side (steal, or a wait the kernel does not count as either, such as a blocking system call).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+__all__ = ["SchedSampler"]
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _schedstat(pid: int) -> tuple[int, int]:
+    on_cpu, waited, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    return int(on_cpu), int(waited)
+
+
+def _major_faults(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[9])  # majflt: the 12th field, the 10th after the command
+
+
+def _steal() -> int:
+    """Steal time of all CPUs, in clock ticks."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        fields = stat.readline().split()
+    return int(fields[8])
+
+
+class SchedSampler:
+    """For a ``with`` block: the largest growth of each account within one ``interval``, and the
+    totals; ``figures()`` after the block. Nothing is reported where ``/proc`` lacks the files."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._worst: dict[str, float] = {"on_cpu_ms": 0.0, "waited_ms": 0.0, "major_faults": 0, "steal_ms": 0.0}
+        self._first: tuple[int, int, int, int] | None = None
+        self._last: tuple[int, int, int, int] | None = None
+        self._started = 0.0
+        self._worst_wait_at = 0.0
+        self.error: str | None = None
+
+    def _read(self) -> tuple[int, int, int, int]:
+        on_cpu, waited = _schedstat(self.pid)
+        return on_cpu, waited, _major_faults(self.pid), _steal()
+
+    def _sample(self) -> None:
+        try:
+            self._first = self._last = previous = self._read()
+            while not self._stop.wait(self.interval):
+                now = self._read()
+                grew = {
+                    "on_cpu_ms": (now[0] - previous[0]) / 1e6,
+                    "waited_ms": (now[1] - previous[1]) / 1e6,
+                    "major_faults": now[2] - previous[2],
+                    "steal_ms": (now[3] - previous[3]) * 1000 / _TICK,
+                }
+                if grew["waited_ms"] > self._worst["waited_ms"]:
+                    self._worst_wait_at = time.monotonic() - self._started
+                for key, value in grew.items():
+                    self._worst[key] = max(self._worst[key], value)
+                self._last = previous = now
+        except (OSError, ValueError, IndexError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def __enter__(self) -> SchedSampler:
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def figures(self) -> dict[str, Any]:
+        if self._first is None or self._last is None:
+            return {"available": False, "reason": self.error or "no sample"}
+        first, last = self._first, self._last
+        return {
+            "interval_ms": self.interval * 1000,
+            "on_cpu_s": round((last[0] - first[0]) / 1e9, 2),
+            "waited_for_cpu_s": round((last[1] - first[1]) / 1e9, 2),
+            "major_faults": last[2] - first[2],
+            "steal_s_all_cpus": round((last[3] - first[3]) / _TICK, 2),
+            "worst_interval": {key: round(value, 2) for key, value in self._worst.items()},
+            "worst_wait_at_s": round(self._worst_wait_at, 1),
+            **({"error": self.error} if self.error else {}),
+        }
