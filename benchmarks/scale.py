@@ -231,7 +231,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 others = [n.process.pid for n in bench.nodes if n.spec.name != RECURSIVE and n.process.poll() is None]
                 pinning = (
                     node_on_its_own_cpu(node, others)
-                    if args.pin_recursive and args.recursive_workers == 1
+                    if not args.no_pin_recursive and args.recursive_workers == 1
                     else contextlib.nullcontext("not pinned (--no-pin-recursive, or several workers)")
                 )
                 with pinning as pinned:
@@ -439,10 +439,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-interval-ms", type=float, default=10.0, help="the probe's interval")
     p.add_argument("--recursive-workers", type=int, default=1, help="workers of the recursive node")
     p.add_argument(
-        "--pin-recursive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="while filling, the recursive node on CPU 0 and everything else on the others (one worker only)",
+        "--no-pin-recursive",
+        action="store_true",
+        help="share the CPUs while filling (by default the recursive node runs on CPU 0, the rest on the others)",
     )
     p.add_argument("--seed", type=int, default=0, help="datagen's seed, and the random samples'")
     p.add_argument("--json", type=Path, default=Path("bench-results/scale.json"), help="where to write the figures")
