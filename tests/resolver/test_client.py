@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
 import aiohttp
@@ -34,49 +33,13 @@ from resolver.errors import Attempt, FailureKind, UpstreamError
 from resolver.names import parse_handle
 from resolver.resolution import Failure, classify
 from tests.conftest import free_port
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Server:
-    """An aiohttp server on a free port whose one catch-all handler the test sets, and what it was sent."""
-
-    url: str
-    handler: Handler | None = None
-    seen: list[web.Request] = field(default_factory=list)
-    bodies: list[bytes] = field(default_factory=list)
-
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(request)
-        self.bodies.append(await request.read())
-        assert self.handler is not None, "the test set no handler"
-        return await self.handler(request)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[Server]:
-    port = free_port()
-    served = Server(f"http://127.0.0.1:{port}")
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", served.dispatch)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield served
-    finally:
-        await runner.cleanup()
+from tests.resolver.conftest import Server, msgpack_answer
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[HandleClient]:
     async with aiohttp.ClientSession() as session:
         yield HandleClient(session, timeout=2.0)
-
-
-def msgpack_answer(body: object, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=msgpack.packb(body), content_type=MSGPACK)
 
 
 # -- requests ------------------------------------------------------------------------------------

@@ -17,8 +17,7 @@ from resolver.codec import MSGPACK
 from resolver.errors import FailureKind, UpstreamError
 from resolver.http1 import MAX_HEAD_BYTES, ConnectionPool, PooledTransport
 from tests.conftest import free_port
-from tests.resolver.test_client import Server, msgpack_answer
-from tests.resolver.test_client import server as server  # the fixture: an aiohttp server the test answers with
+from tests.resolver.conftest import Server, msgpack_answer
 
 ANSWER = {"responseCode": 1, "handle": "88.118/X", "values": []}
 
