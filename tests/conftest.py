@@ -39,11 +39,19 @@ __all__ = [
 OPERATOR_SECRET = "operator-secret-for-tests"
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port free on 127.0.0.1 and never handed out before in this test run: the kernel may give a
+    just-closed port again, and two nodes of one topology must not be given the same one."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def topology_of(nodes: dict[str, dict[str, Any]]) -> Topology:
