@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from benchmarks.affinity import node_on_its_own_cpu
 from benchmarks.resolve import machine
@@ -61,6 +60,7 @@ from benchmarks.scale_reads import (
     settle,
 )
 from benchmarks.scale_recursive import fill_and_probe
+from benchmarks.scale_table import TARGETS, print_table
 from benchmarks.tools import command_parser, ensure_wrk, report, write_paths
 from benchmarks.topology import cluster
 from nodes.running.topology_file import DEFAULT_TOPOLOGY
@@ -68,19 +68,9 @@ from resolver.client import basic_auth
 
 __all__ = ["TARGETS", "main", "parser", "print_table", "run"]
 
+
 SUMMARY = "Millions of identifiers in one node, a million answers in the recursive node: issue 12's targets."
 ENTERPRISE, RECURSIVE = "automaker", "recursive"
-# Issue 12's targets (at 10M identifiers and 1M answers, on the 2-CPU machine).
-TARGETS = {
-    "listing_page_ms": 50.0,
-    "get_p99_during_listing_ms": 20.0,
-    "mirror_records_per_second": 50_000,
-    "mirror_primary_rss_mib": 300.0,
-    "digest_ms": 1000.0,
-    "get_ratio_at_n": 0.9,
-    "recursive_rss_at_1m_mib": 1536.0,
-    "recursive_worst_pause_ms": 50.0,
-}
 
 
 def _topology(base: str, answers: int, workers: int) -> str:
@@ -260,151 +250,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 
 # -- the table --------------------------------------------------------------------------------------
-
-
-def _get(result: dict[str, Any], *keys: str) -> Any:
-    """``result[k1][k2]...``, or None when a section is not available or a figure missing."""
-    value: Any = result
-    for key in keys:
-        if not isinstance(value, dict) or value.get("available") is False or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
-def _verdict(value: Any, limit: float, *, at_least: bool = False) -> str:
-    if not isinstance(value, int | float):
-        return "not available"
-    ok = value >= limit if at_least else value < limit
-    return "[green]MET[/green]" if ok else "[red]MISSED[/red]"
-
-
-def _fmt(value: Any, unit: str = "", digits: int = 1) -> str:
-    if not isinstance(value, int | float):
-        return "not available"
-    return f"{value:,.{digits}f}{unit}"
-
-
-def print_table(result: dict[str, Any], console: Console) -> None:
-    load = result["load"]
-    console.print(
-        f"load: {load['identifiers']:,} identifiers at {load['per_second']:,}/s overall; "
-        f"{load['bytes_per_identifier']:,} bytes per identifier on disk (SQLite file and WAL; "
-        f"{load['bytes_per_identifier_database']:,} the file alone)"
-    )
-    for chunk in load["chunks"]:
-        console.print(f"  {chunk['from']:>12,} - {chunk['to']:>12,}: {chunk['per_second']:>9,}/s")
-    t = TARGETS
-    n = f"{load['identifiers']:,}"
-    table = Table(title=f"idres at scale: {n} identifiers, {result['setup']['answers']:,} recursive answers")
-    for column in ("measure", "figure", "target", ""):
-        table.add_column(column, justify="left" if column == "measure" else "right")
-    listing = result["listing"]
-    for name, label in (
-        ("first_page", "listing: first page (max)"),
-        ("deep_by_cursor", "listing: deep page by cursor (max)"),
-        ("deep_by_page", f"listing: deep page=K, K={_get(listing, 'deep_page')} (max)"),
-        ("count_only", "listing: count only, pageSize=0 (max)"),
-    ):
-        value = _get(listing, name, "ms", "max")
-        limit = t["listing_page_ms"]
-        table.add_row(label, _fmt(value, " ms", 2), f"< {limit:g} ms", _verdict(value, limit))
-    for section, label in (("get_during_listing", "listings"), ("get_during_digest", "digests")):
-        value = _get(result, section, "get", "latency_ms", "p99")
-        idle = _get(result, "get_latency_alone", "latency_ms", "p99")
-        table.add_row(
-            f"GET p99, {result['setup']['latency_connections']} connections, while {label} run "
-            f"(alone: {_fmt(idle, ' ms', 2)})",
-            _fmt(value, " ms", 2),
-            f"< {t['get_p99_during_listing_ms']:g} ms",
-            _verdict(value, t["get_p99_during_listing_ms"]),
-        )
-    for name, label in (
-        ("status", "digest: status with digest (max)"),
-        ("digest", "digest: /api/replication/digest (max)"),
-    ):
-        value = _get(result, "digest", name, "ms", "max")
-        table.add_row(label, _fmt(value, " ms", 2), f"< {t['digest_ms']:g} ms", _verdict(value, t["digest_ms"]))
-    rate = _get(result, "mirror", "records_per_second")
-    table.add_row(
-        f"new mirror: records/s ({_fmt(_get(result, 'mirror', 'seconds'), ' s')} from its start; "
-        f"{_fmt(_get(result, 'mirror', 'records_per_second_once_healthy'), '/s', 0)} once up)",
-        _fmt(rate, "", 0),
-        f">= {t['mirror_records_per_second']:,}",
-        _verdict(rate, t["mirror_records_per_second"], at_least=True),
-    )
-    rss = _get(result, "mirror", "primary_peak_rss_mib")
-    table.add_row(
-        "new mirror: primary's peak RSS meanwhile",
-        _fmt(rss, " MiB"),
-        f"< {t['mirror_primary_rss_mib']:g} MiB",
-        _verdict(rss, t["mirror_primary_rss_mib"]),
-    )
-    early, late = _get(result, "get_throughput", "at_checkpoint"), _get(result, "get_throughput", "at_n")
-    ratio = _get(result, "get_throughput", "ratio")
-    table.add_row(
-        f"GET req/s at {n} / at {early['identifiers']:,} ({late['rps_median']:,} / {early.get('rps_median', 0):,})",
-        _fmt(ratio, "", 3),
-        f">= {t['get_ratio_at_n']}",
-        _verdict(ratio, t["get_ratio_at_n"], at_least=True),
-    )
-    first, first_early = _get(late, "first_pass", "rps"), _get(early, "first_pass", "rps")
-    table.add_row(
-        f"  first pass over each sample, at N mostly from disk ({_fmt(first, '', 0)} / {_fmt(first_early, '', 0)})",
-        _fmt(_get(result, "get_throughput", "first_pass_ratio"), "", 3),
-        "(reported)",
-        "",
-    )
-    rec = result["recursive"]
-    per = _get(rec, "bytes_per_answer")
-    value = _get(rec, "rss_at_1m_answers_mib")
-    table.add_row(
-        f"recursive: RSS at 1M answers ({_get(rec, 'rss_at_1m_answers_is')}; {_fmt(per, ' B', 0)} an answer)",
-        _fmt(value, " MiB"),
-        f"< {t['recursive_rss_at_1m_mib']:g} MiB",
-        _verdict(value, t["recursive_rss_at_1m_mib"]),
-    )
-    value = _get(rec, "worst_pause_ms")
-    tail = _fmt(_get(rec, "probe", "latency_from_due_ms", "p99.9"), " ms")
-    table.add_row(
-        f"recursive: worst probe latency while filling ({_fmt(_get(rec, 'fill', 'per_second'), '/s', 0)}; "
-        f"probe at {_get(rec, 'probe', 'priority')}; p99.9 {tail})",
-        _fmt(value, " ms", 2),
-        f"< {t['recursive_worst_pause_ms']:g} ms",
-        _verdict(value, t["recursive_worst_pause_ms"]),
-    )
-    table.add_row(
-        f"  an ordinary probe beside it, which also waits for a CPU (p99.9 "
-        f"{_fmt(_get(rec, 'probe_ordinary', 'latency_from_due_ms', 'p99.9'), ' ms')})",
-        _fmt(_get(rec, "worst_pause_ordinary_ms"), " ms", 2),
-        "(reported)",
-        "",
-    )
-    table.add_row(f"  CPUs while filling: {_get(rec, 'cpus')}", "", "", "")
-    worst = _get(rec, "kernel", "worst_interval") or {}
-    table.add_row(
-        "  the node's worst sample (every ~50 ms) by the kernel: on a CPU / waiting for one / major faults / steal",
-        f"{worst.get('on_cpu_ms', '-')} / {worst.get('waited_ms', '-')} ms / {worst.get('major_faults', '-')} / "
-        f"{worst.get('steal_ms', '-')} ms",
-        "(reported)",
-        "",
-    )
-    table.add_row(
-        "  the node's longest collection / longest late loop turn",
-        f"{_fmt(_get(rec, 'node', 'gc_pause_max_ms'), ' ms')} / {_fmt(_get(rec, 'node', 'loop_late_max_ms'), ' ms')}",
-        "(reported)",
-        "",
-    )
-    down = _get(rec, "upstreams_marked_down")
-    table.add_row(
-        "recursive: upstreams marked down while filling",
-        "not available" if down is None else (", ".join(down) or "none"),
-        "none",
-        "not available" if down is None else ("[green]MET[/green]" if not down else "[red]MISSED[/red]"),
-    )
-    console.print(table)
-    console.print(f"machine: {result['machine']}")
-    console.print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
 
 
 def parser() -> argparse.ArgumentParser:

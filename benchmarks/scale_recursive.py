@@ -5,7 +5,9 @@ times its pauses; memory per answer and whether any upstream was marked down mea
    resident memory (its process and any workers) and ``/metrics`` are read.
 2. ``benchmarks.scale_probe`` starts twice, each its own process: one GET of the hot identifier
    every ``interval`` on its own connection, timed from when it was due; one probe runs at
-   real-time priority when permitted (the node's figures), the other as an ordinary process.
+   real-time priority when permitted (the node's figures), the other as an ordinary process. A
+   hiccup meter (``benchmarks.hiccups``) runs on each CPU to time when the machine itself stood
+   still (the hypervisor's steal), to set beside each of the probe's slowest requests.
 3. This process resolves ``answers`` distinct identifiers through the node (``concurrency`` at a
    time), each a cache miss that walks to the enterprise node; ``/metrics`` is read every
    ``METRICS_EVERY`` seconds for upstreams marked down, the node's memory every 100 ms.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -28,8 +31,10 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from benchmarks.hiccups import stood_still
 from benchmarks.rawhttp import HttpError, connect
 from benchmarks.scale_load import PeakRss, tree_rss_kib
+from benchmarks.scale_probe import WORST_KEPT
 from benchmarks.schedstat import SchedSampler
 from benchmarks.tools import parse_prometheus, request_path
 
@@ -126,27 +131,52 @@ async def _resolve(
     }
 
 
-def _start_probe(url: str, interval_ms: float, *, realtime: bool) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-m", "benchmarks.scale_probe", url, "--interval-ms", str(interval_ms)]
-    cmd += ["--realtime"] if realtime else []
-    probe = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
-    assert probe.stdout is not None
-    line = probe.stdout.readline().strip()  # READY, or nothing when it failed
+def _start(module: str, *args: str) -> subprocess.Popen[str]:
+    """``python -m module args``, once it printed READY (a probe, a hiccup meter)."""
+    cmd = [sys.executable, "-m", module, *args]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    line = process.stdout.readline().strip()  # READY, or nothing when it failed
     if line != "READY":
-        probe.kill()
-        _, err = probe.communicate(timeout=10)
-        raise RuntimeError(f"the probe did not start ({line!r}): {err[-500:]}")
-    return probe
+        process.kill()
+        _, err = process.communicate(timeout=10)
+        raise RuntimeError(f"{module} did not start ({line!r}): {err[-500:]}")
+    return process
 
 
-def _stop_probe(probe: subprocess.Popen[str]) -> dict[str, Any]:
-    probe.send_signal(signal.SIGTERM)
-    out, err = probe.communicate(timeout=30)
+def _start_probe(url: str, interval_ms: float, *, realtime: bool) -> subprocess.Popen[str]:
+    return _start(
+        "benchmarks.scale_probe", url, "--interval-ms", str(interval_ms), *(["--realtime"] if realtime else [])
+    )
+
+
+def _stop(process: subprocess.Popen[str], module: str) -> dict[str, Any]:
+    """The JSON line ``module``, started by ``_start``, prints when it is sent SIGTERM."""
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
     lines = out.strip().splitlines()
-    if probe.returncode != 0 or not lines:
-        raise RuntimeError(f"the probe failed ({probe.returncode}): {err[-500:]}")
+    if process.returncode != 0 or not lines:
+        raise RuntimeError(f"{module} failed ({process.returncode}): {err[-500:]}")
     figures: dict[str, Any] = json.loads(lines[-1])
     return figures
+
+
+@contextlib.contextmanager
+def _machine_watched(node: int, into: dict[str, Any]) -> Iterator[None]:
+    """Within the block a hiccup meter on each CPU the process ``node`` or this one may use (each
+    may be pinned to some); their figures go into ``into`` by CPU, and every hiccup of every CPU
+    into ``into["hiccups"]``."""
+    cpus = os.sched_getaffinity(node) | os.sched_getaffinity(0)
+    meters = [_start("benchmarks.hiccups", str(cpu)) for cpu in sorted(cpus)]
+    try:
+        yield
+    finally:
+        hiccups: list[tuple[float, float]] = []
+        for meter in meters:
+            figures = _stop(meter, "benchmarks.hiccups")
+            hiccups += [(start, ms / 1000) for start, ms in figures.pop("hiccups")]
+            into[f"cpu{figures.pop('cpu')}"] = figures
+        into["hiccups"] = hiccups
 
 
 async def _snapshot(url: str, hot: str | None = None) -> Samples:
@@ -169,16 +199,19 @@ def fill_and_probe(
     # Two probes of the one hot identifier: a real-time one, whose figures are the node's (it never
     # waits for a CPU itself), and an ordinary one, which waits its turn as any client on this
     # machine would (``benchmarks.scale_probe``).
-    probe = _start_probe(url + request_path(hot), interval_ms, realtime=True)
-    try:
-        ordinary = _start_probe(url + request_path(hot), interval_ms, realtime=False)
+    machine: dict[str, Any] = {}
+    with _machine_watched(pid, machine):
+        probe = _start_probe(url + request_path(hot), interval_ms, realtime=True)
         try:
-            with PeakRss({"recursive": pid}) as rss, SchedSampler(pid) as sched:
-                fill = uvloop.run(_resolve(url, handles, concurrency, rate, watch))  # the leaner loop
+            ordinary = _start_probe(url + request_path(hot), interval_ms, realtime=False)
+            try:
+                with PeakRss({"recursive": pid}) as rss, SchedSampler(pid) as sched:
+                    fill = uvloop.run(_resolve(url, handles, concurrency, rate, watch))  # the leaner loop
+            finally:
+                ordinary_figures = _stop(ordinary, "the ordinary probe")
         finally:
-            ordinary_figures = _stop_probe(ordinary)
-    finally:
-        probe_figures = _stop_probe(probe)
+            probe_figures = _stop(probe, "the real-time probe")
+    slowest = _accounted(probe_figures.pop("worst_requests", []), sched, machine.pop("hiccups"))
     after = asyncio.run(_snapshot(url))
     rss_after = tree_rss_kib(pid)
     entries = _total(after, "idres_cache_entries") - _total(before, "idres_cache_entries")
@@ -198,6 +231,8 @@ def fill_and_probe(
         "probe": probe_figures,
         "probe_ordinary": ordinary_figures,
         "worst_pause_ms": probe_figures["latency_from_due_ms"].get("max", 0.0),
+        # The same with the time the machine itself stood still taken out of each request.
+        "worst_pause_machine_out_ms": _worst_machine_out(slowest),
         "worst_pause_ordinary_ms": ordinary_figures["latency_from_due_ms"].get("max", 0.0),
         "upstreams_marked_down": watch["down"],
         "upstream_failures": int(failures_during),
@@ -218,6 +253,44 @@ def fill_and_probe(
         },
         "metrics_scrapes": watch["scrapes"],
         # The kernel's accounts of the node's main thread over the fill (``benchmarks.schedstat``):
-        # whether a pause was its own work, a wait for a CPU, the disk or none of these.
+        # whether a pause was its own work, a wait for a CPU, the disk or none of these; and the
+        # same accounts around each of the real-time probe's slowest requests.
         "kernel": sched.figures(),
+        # The hiccup meters' figures by CPU (``benchmarks.hiccups``), and the probe's slowest
+        # requests, slowest first, each with how long the machine stood still meanwhile and the
+        # kernel's accounts of the node around it.
+        "machine": machine,
+        "worst_requests": slowest,
     }
+
+
+def _accounted(
+    worst: list[dict[str, float]], sched: SchedSampler, hiccups: list[tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """Each of the probe's slowest requests with how long the machine stood still during it (any
+    CPU's hiccup: the probe needs its CPU, the node its own) and its latency with that taken out,
+    and the kernel's accounts of the samples around it: a request slow while the host stole the
+    CPUs was slowed by the machine, one slow while the node was on a CPU all along by its work."""
+    accounted = []
+    for request in worst:
+        start, end = request["due"], request["due"] + request["ms"] / 1000
+        still = stood_still(hiccups, start, end) * 1000
+        accounted.append(
+            {
+                **request,
+                "machine_stood_still_ms": round(still, 3),
+                "ms_machine_out": round(request["ms"] - still, 3),
+                "kernel": sched.during(start, end),
+            }
+        )
+    return accounted
+
+
+def _worst_machine_out(slowest: list[dict[str, Any]]) -> float:
+    """The worst latency with the machine's stand-stills taken out, over all the probe's requests:
+    the worst among the slowest it kept or, when it kept its full count, the slowest it did not keep
+    (at most as slow as the last one kept), whichever is larger."""
+    if not slowest:
+        return 0.0
+    unkept = float(slowest[-1]["ms"]) if len(slowest) >= WORST_KEPT else 0.0
+    return round(max(max(float(r["ms_machine_out"]) for r in slowest), unkept), 3)

@@ -8,6 +8,10 @@ the machine's steal time from ``/proc/stat`` (the hypervisor running something e
 CPU). A pause of the node's loop is then one of: its own work (on-CPU time grew by the pause), a
 wait for a CPU (the run-queue wait grew), the disk (major faults), or none of these on the node's
 side (steal, or a wait the kernel does not count as either, such as a blocking system call).
+
+Each sample is kept with its time (``time.monotonic``, the same clock in every process), so
+``during(start, end)`` gives the accounts of the samples around any moment another process timed:
+the scale benchmark asks it about the probe's slowest requests.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +27,7 @@ from typing import Any
 __all__ = ["SchedSampler"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
+KEPT_SAMPLES = 200_000  # 10,000 s at 50 ms, a few MB: more than any fill of the scale benchmark
 
 
 def _schedstat(pid: int) -> tuple[int, int]:
@@ -55,6 +61,7 @@ class SchedSampler:
         self._last: tuple[int, int, int, int] | None = None
         self._started = 0.0
         self._worst_wait_at = 0.0
+        self._samples: deque[tuple[float, float, dict[str, float]]] = deque(maxlen=KEPT_SAMPLES)
         self.error: str | None = None
 
     def _read(self) -> tuple[int, int, int, int]:
@@ -64,8 +71,10 @@ class SchedSampler:
     def _sample(self) -> None:
         try:
             self._first = self._last = previous = self._read()
+            began = time.monotonic()
             while not self._stop.wait(self.interval):
                 now = self._read()
+                ended = time.monotonic()
                 grew = {
                     "on_cpu_ms": (now[0] - previous[0]) / 1e6,
                     "waited_ms": (now[1] - previous[1]) / 1e6,
@@ -76,7 +85,8 @@ class SchedSampler:
                     self._worst_wait_at = time.monotonic() - self._started
                 for key, value in grew.items():
                     self._worst[key] = max(self._worst[key], value)
-                self._last = previous = now
+                self._samples.append((began, ended, grew))
+                self._last, previous, began = now, now, ended
         except (OSError, ValueError, IndexError) as exc:
             self.error = f"{type(exc).__name__}: {exc}"
 
@@ -88,6 +98,21 @@ class SchedSampler:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
+
+    def during(self, start: float, end: float) -> dict[str, float]:
+        """The accounts summed over the samples that overlap ``start``..``end`` (``time.monotonic``
+        seconds), and how long those samples span: the time around a slow request, to say what
+        the node and the machine were doing meanwhile. Empty when no sample covers it."""
+        sums = {"samples_ms": 0.0, "on_cpu_ms": 0.0, "waited_ms": 0.0, "major_faults": 0.0, "steal_ms": 0.0}
+        for began, ended, grew in list(self._samples):
+            if ended < start or began > end:
+                continue
+            sums["samples_ms"] += (ended - began) * 1000
+            for key, value in grew.items():
+                sums[key] += value
+        if not sums["samples_ms"]:
+            return {}
+        return {key: round(value, 1) for key, value in sums.items()}
 
     def figures(self) -> dict[str, Any]:
         if self._first is None or self._last is None:

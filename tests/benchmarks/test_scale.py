@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tomllib
 from pathlib import Path
@@ -102,6 +103,20 @@ def test_a_tiny_run_reports_every_figure(tmp_path: Path) -> None:
     kernel = recursive["kernel"]
     assert kernel["on_cpu_s"] > 0 and kernel["waited_for_cpu_s"] >= 0 and kernel["major_faults"] >= 0, kernel
     assert kernel["worst_interval"]["on_cpu_ms"] > 0, kernel
+    # The probe's slowest requests, slowest first, each with the kernel's accounts around it (none
+    # when it came before the first sample).
+    slowest = recursive["worst_requests"]
+    assert 1 <= len(slowest) <= 100 and slowest[0]["ms"] == recursive["worst_pause_ms"], slowest
+    assert [r["ms"] for r in slowest] == sorted((r["ms"] for r in slowest), reverse=True), slowest
+    # (uvloop's timers count whole milliseconds: a request may go out up to 1 ms before it is due).
+    assert all(r["due"] > 0 and r["sent_late_ms"] > -1.5 and isinstance(r["kernel"], dict) for r in slowest), slowest
+    # ... and how long the machine stood still meanwhile (a hiccup meter on each CPU), taken out.
+    assert all(0 <= r["machine_stood_still_ms"] <= r["ms"] for r in slowest), slowest
+    assert all(abs(r["ms_machine_out"] - (r["ms"] - r["machine_stood_still_ms"])) < 0.01 for r in slowest), slowest
+    assert 0 < recursive["worst_pause_machine_out_ms"] <= recursive["worst_pause_ms"], recursive
+    meters = recursive["machine"]
+    assert set(meters) == {f"cpu{cpu}" for cpu in os.sched_getaffinity(0)}, meters
+    assert all(m["seconds"] > 0 and m["count"] >= 0 and "hiccups" not in m for m in meters.values()), meters
     assert recursive["cpus"].startswith(("the node on CPU 0, everything else on CPU", "not pinned (")), recursive
     # Real-time where permitted (root with CAP_SYS_NICE), else ordinary and saying why.
     assert recursive["probe"]["priority"].startswith(("SCHED_FIFO 10", "normal (real-time not permitted")), recursive

@@ -1,8 +1,9 @@
 """What the resolver's client tests share: an aiohttp server on 127.0.0.1 whose one handler each test
-sets (``server``), and a msgpack answer as a node sends it."""
+sets (``server``), a msgpack answer as a node sends it, and an answer that never ends."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -49,3 +50,20 @@ async def server() -> AsyncIterator[Server]:
 
 def msgpack_answer(body: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=msgpack.packb(body), content_type=MSGPACK)
+
+
+@dataclass
+class EndlessAnswer:
+    """A handler that answers msgpack without saying its length and sends zeros until the client
+    drops the connection (or 100 MB, a bound for the test); ``sent`` says how far it got."""
+
+    sent: int = 0
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": MSGPACK})  # chunked: no length said
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while self.sent < 100_000_000:
+                await response.write(b"\x00" * 65_536)
+                self.sent += 65_536
+        return response

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 from collections.abc import AsyncIterator
 from urllib.parse import unquote
 
@@ -33,7 +32,7 @@ from resolver.errors import Attempt, FailureKind, UpstreamError
 from resolver.names import parse_handle
 from resolver.resolution import Failure, classify
 from tests.conftest import free_port
-from tests.resolver.conftest import Server, msgpack_answer
+from tests.resolver.conftest import EndlessAnswer, Server, msgpack_answer
 
 
 @pytest.fixture
@@ -290,25 +289,13 @@ async def test_an_answer_over_the_limit_is_abandoned(server: Server, client: Han
 
 
 async def test_an_endless_answer_is_abandoned_at_the_limit(server: Server) -> None:
-    sent = 0
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        nonlocal sent
-        response = web.StreamResponse(headers={"Content-Type": MSGPACK})  # chunked: no length said
-        await response.prepare(request)
-        with contextlib.suppress(ConnectionError):
-            while sent < 100_000_000:  # a bound for the test, far past the client's limit
-                await response.write(b"\x00" * 65_536)
-                sent += 65_536
-        return response
-
-    server.handler = handler
+    server.handler = endless = EndlessAnswer()
     async with aiohttp.ClientSession() as session:
         client = HandleClient(session, timeout=10.0, max_answer_bytes=200_000)
         with pytest.raises(UpstreamError, match="exceeded the limit of 200000 bytes"):
             await HttpTransport(client).query(server.url, "88.118/X", timeout=10.0)
     await asyncio.sleep(0.1)
-    assert sent < 20_000_000  # the connection was dropped, not drained
+    assert endless.sent < 20_000_000  # the connection was dropped, not drained
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from resolver.codec import MSGPACK
 from resolver.errors import FailureKind, UpstreamError
 from resolver.http1 import MAX_HEAD_BYTES, ConnectionPool, PooledTransport
 from tests.conftest import free_port
-from tests.resolver.conftest import Server, msgpack_answer
+from tests.resolver.conftest import EndlessAnswer, Server, msgpack_answer
 
 ANSWER = {"responseCode": 1, "handle": "88.118/X", "values": []}
 
@@ -198,19 +198,12 @@ async def test_an_answer_that_is_not_json_or_msgpack_is_refused(
 
 
 async def test_an_answer_over_the_limit_is_abandoned_whether_declared_or_endless(server: Server) -> None:
-    sent = 0
+    endless = EndlessAnswer()
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        nonlocal sent
         if request.path.endswith("/declared"):
             return web.Response(body=b"\x00" * 300_000, content_type=MSGPACK)
-        response = web.StreamResponse(headers={"Content-Type": MSGPACK})  # chunked: no length said
-        await response.prepare(request)
-        with contextlib.suppress(ConnectionError):
-            while sent < 100_000_000:  # a bound for the test, far past the client's limit
-                await response.write(b"\x00" * 65_536)
-                sent += 65_536
-        return response
+        return await endless(request)
 
     server.handler = handler
     pool = ConnectionPool(max_answer_bytes=200_000)
@@ -223,7 +216,7 @@ async def test_an_answer_over_the_limit_is_abandoned_whether_declared_or_endless
     finally:
         await pool.close()
     await asyncio.sleep(0.1)
-    assert sent < 20_000_000  # the connection was dropped, not drained
+    assert endless.sent < 20_000_000  # the connection was dropped, not drained
 
 
 @pytest.mark.parametrize(
