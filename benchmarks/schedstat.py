@@ -27,6 +27,7 @@ from typing import Any
 __all__ = ["SchedSampler"]
 
 _TICK = os.sysconf("SC_CLK_TCK")
+_ACCOUNTS = ("on_cpu_ms", "waited_ms", "major_faults", "steal_ms")  # what each sample says grew
 KEPT_SAMPLES = 200_000  # 10,000 s at 50 ms, a few MB: more than any fill of the scale benchmark
 
 
@@ -48,19 +49,18 @@ def _steal() -> int:
 
 
 class SchedSampler:
-    """For a ``with`` block: the largest growth of each account within one ``interval``, and the
-    totals; ``figures()`` after the block. Nothing is reported where ``/proc`` lacks the files."""
+    """For a ``with`` block: the largest growth of each account within one ``interval`` (of the last
+    ``KEPT_SAMPLES``), and the totals; ``figures()`` after the block. Nothing is reported where
+    ``/proc`` lacks the files."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         self.pid = pid
         self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._worst: dict[str, float] = {"on_cpu_ms": 0.0, "waited_ms": 0.0, "major_faults": 0, "steal_ms": 0.0}
         self._first: tuple[int, int, int, int] | None = None
         self._last: tuple[int, int, int, int] | None = None
         self._started = 0.0
-        self._worst_wait_at = 0.0
         self._samples: deque[tuple[float, float, dict[str, float]]] = deque(maxlen=KEPT_SAMPLES)
         self.error: str | None = None
 
@@ -81,10 +81,6 @@ class SchedSampler:
                     "major_faults": now[2] - previous[2],
                     "steal_ms": (now[3] - previous[3]) * 1000 / _TICK,
                 }
-                if grew["waited_ms"] > self._worst["waited_ms"]:
-                    self._worst_wait_at = time.monotonic() - self._started
-                for key, value in grew.items():
-                    self._worst[key] = max(self._worst[key], value)
                 self._samples.append((began, ended, grew))
                 self._last, previous, began = now, now, ended
         except (OSError, ValueError, IndexError) as exc:
@@ -118,13 +114,16 @@ class SchedSampler:
         if self._first is None or self._last is None:
             return {"available": False, "reason": self.error or "no sample"}
         first, last = self._first, self._last
+        samples = list(self._samples)  # the worst sample of each account, from those kept
+        worst = {key: max((grew[key] for _, _, grew in samples), default=0.0) for key in _ACCOUNTS}
+        wait_ended = max(samples, key=lambda sample: sample[2]["waited_ms"])[1] if samples else self._started
         return {
             "interval_ms": self.interval * 1000,
             "on_cpu_s": round((last[0] - first[0]) / 1e9, 2),
             "waited_for_cpu_s": round((last[1] - first[1]) / 1e9, 2),
             "major_faults": last[2] - first[2],
             "steal_s_all_cpus": round((last[3] - first[3]) / _TICK, 2),
-            "worst_interval": {key: round(value, 2) for key, value in self._worst.items()},
-            "worst_wait_at_s": round(self._worst_wait_at, 1),
+            "worst_interval": {key: round(value, 2) for key, value in worst.items()},
+            "worst_wait_at_s": round(wait_ended - self._started, 1),
             **({"error": self.error} if self.error else {}),
         }
